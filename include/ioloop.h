@@ -1,0 +1,10 @@
+/*
+ * ioloop — one event loop per thread: fd handlers, timerfd timers, cross-thread callbacks and
+ * signals on epoll. This umbrella header includes every public part of the library.
+ */
+#ifndef IOLOOP_H
+#define IOLOOP_H
+
+#include <ioloop/loop.h>
+
+#endif /* IOLOOP_H */

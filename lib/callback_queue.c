@@ -1,0 +1,255 @@
+/*
+ * The callback queue: how other threads talk to a loop.
+ *
+ * Producers append {fn, arg} to an array under a spinlock; the loop swaps the whole array for
+ * its spare one under the same lock and runs the callbacks outside it, so the critical section
+ * is a few stores on either side. Arrays only grow, and they grow outside the lock: a producer
+ * that finds the array full allocates a bigger one unlocked, then installs it if nobody swapped
+ * or grew the array meanwhile. In the steady state nothing is allocated at all.
+ *
+ * Wakeups are coalesced. A producer writes the eventfd only if no write is outstanding since
+ * the loop's last swap (wake_pending), so a burst of posts costs one write. Posts from the loop
+ * thread itself need no write: the loop checks the queue before it waits.
+ *
+ * The lock also orders posting against stopping: once ioloop_stop() has run, posts fail with
+ * -ESHUTDOWN, so the loop can drain a queue that no longer grows before start() returns.
+ *
+ * A producer's eventfd write happens after it released the lock, when its callback may already
+ * have run and the application may be tearing the loop down. `waking` counts producers between
+ * deciding to write and finishing the write; ioloop_free() waits for it to reach zero.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+/* Spins this many times before yielding: long enough for a holder that runs on another core
+ * to finish its few stores, short enough not to burn a slice when the holder was preempted
+ * (libuv #2769: spinning against a preempted holder on one core stalled for 10 ms). */
+#define SPIN_LIMIT 64
+
+#define ITEMS_MIN 64
+
+static void spin_lock(atomic_int *lock)
+{
+    for (unsigned spins = 0;; spins++) {
+        if (!atomic_load_explicit(lock, memory_order_relaxed) &&
+            !atomic_exchange_explicit(lock, 1, memory_order_acquire))
+            return;
+        if (spins < SPIN_LIMIT)
+            __builtin_ia32_pause();
+        else
+            sched_yield();
+    }
+}
+
+static void spin_unlock(atomic_int *lock)
+{
+    atomic_store_explicit(lock, 0, memory_order_release);
+}
+
+static void on_eventfd(ioloop_t *loop, int fd, int events, void *arg)
+{
+    uint64_t count;
+
+    /* Clears the level-triggered readiness; the swap in ioloop__cbq_run() does the rest. */
+    (void)read(fd, &count, sizeof count);
+    loop->cbq.due = true;
+}
+
+int ioloop__cbq_init(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+
+    q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (q->efd < 0)
+        return -errno;
+    return ioloop__handler_add(loop, q->efd, IOLOOP_READ | IOLOOP__HANDLER_INTERNAL,
+                               on_eventfd, NULL);
+}
+
+void ioloop__cbq_fini(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+
+    while (atomic_load_explicit(&q->waking, memory_order_acquire) > 0)
+        sched_yield();
+    if (q->efd >= 0)
+        close(q->efd);
+    free(q->items);
+    free(q->spare);
+}
+
+/* Writes the eventfd for a producer that set wake_pending and counted itself in `waking`. */
+static void wake(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    uint64_t one = 1;
+
+    while (write(q->efd, &one, sizeof one) < 0)
+        if (errno != EINTR)
+            abort(); /* EAGAIN would need 2^64 - 1 unread wakeups: the loop is corrupt */
+    atomic_fetch_add_explicit(&loop->stats.wakeups, 1, memory_order_relaxed);
+    atomic_fetch_sub_explicit(&q->waking, 1, memory_order_release);
+}
+
+/* Under the lock: whether this post or stop must write the eventfd, and if so claims it. */
+static bool claim_wakeup(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+
+    if (q->wake_pending || ioloop_current() == loop)
+        return false;
+    q->wake_pending = true;
+    atomic_fetch_add_explicit(&q->waking, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Called with the lock held and the array full: grows it with the lock released. Returns with
+ * the lock held again, or -ENOMEM with it released. */
+static int grow_unlocked(struct ioloop_cbq *q)
+{
+    struct ioloop_cbq_item *seen = q->items, *bigger;
+    size_t cap = q->cap, new_cap = cap ? cap * 2 : ITEMS_MIN;
+
+    spin_unlock(&q->lock);
+    bigger = malloc(new_cap * sizeof *bigger);
+    if (bigger == NULL)
+        return -ENOMEM;
+    spin_lock(&q->lock);
+    if (q->items == seen && q->cap == cap) {
+        size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
+
+        if (len > 0)
+            memcpy(bigger, q->items, len * sizeof *bigger);
+        q->items = bigger;
+        q->cap = new_cap;
+        bigger = seen;
+    }
+    /* Otherwise the loop swapped or another producer grew it: retry with what is there now. */
+    spin_unlock(&q->lock);
+    free(bigger);
+    spin_lock(&q->lock);
+    return 0;
+}
+
+int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
+{
+    struct ioloop_cbq *q;
+    size_t len;
+    bool must_wake;
+
+    if (loop == NULL || fn == NULL)
+        return -EINVAL;
+    q = &loop->cbq;
+    spin_lock(&q->lock);
+    for (;;) {
+        if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN) {
+            spin_unlock(&q->lock);
+            return -ESHUTDOWN;
+        }
+        len = atomic_load_explicit(&q->len, memory_order_relaxed);
+        if (len < q->cap)
+            break;
+        if (grow_unlocked(q) < 0)
+            return -ENOMEM;
+    }
+    q->items[len] = (struct ioloop_cbq_item){fn, arg};
+    atomic_store_explicit(&q->len, len + 1, memory_order_relaxed);
+    must_wake = claim_wakeup(loop);
+    spin_unlock(&q->lock);
+
+    if (must_wake)
+        wake(loop);
+    return 0;
+}
+
+void ioloop_stop(ioloop_t *loop)
+{
+    struct ioloop_cbq *q;
+    bool must_wake = false;
+
+    if (loop == NULL)
+        return;
+    q = &loop->cbq;
+    spin_lock(&q->lock);
+    if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_STOP_REQUESTED) {
+        atomic_store_explicit(&q->state, IOLOOP__CBQ_STOP_REQUESTED, memory_order_relaxed);
+        must_wake = claim_wakeup(loop);
+    }
+    spin_unlock(&q->lock);
+
+    if (must_wake)
+        wake(loop);
+}
+
+size_t ioloop__cbq_run(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    struct ioloop_cbq_item *batch;
+    size_t n, cap;
+
+    /* Posts from other threads always come with an eventfd wakeup (due); this thread's own
+     * posts are visible to it. Nothing else can be waiting, so skip the lock. */
+    if (!q->due && atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+        return 0;
+    q->due = false;
+
+    spin_lock(&q->lock);
+    batch = q->items;
+    cap = q->cap;
+    n = atomic_load_explicit(&q->len, memory_order_relaxed);
+    q->items = q->spare;
+    q->cap = q->spare_cap;
+    atomic_store_explicit(&q->len, 0, memory_order_relaxed);
+    q->wake_pending = false;
+    spin_unlock(&q->lock);
+
+    q->spare = batch;
+    q->spare_cap = cap;
+    for (size_t i = 0; i < n; i++) {
+        batch[i].fn(loop, batch[i].arg);
+        ioloop__stat_add(&loop->stats.callbacks_run, 1);
+    }
+    return n;
+}
+
+bool ioloop__cbq_pending(const ioloop_t *loop)
+{
+    return atomic_load_explicit(&loop->cbq.len, memory_order_relaxed) > 0;
+}
+
+void ioloop__cbq_begin(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+
+    spin_lock(&q->lock);
+    if (atomic_load_explicit(&q->state, memory_order_relaxed) == IOLOOP__CBQ_STOPPED)
+        atomic_store_explicit(&q->state, IOLOOP__CBQ_OPEN, memory_order_relaxed);
+    spin_unlock(&q->lock);
+}
+
+bool ioloop__cbq_stop_requested(const ioloop_t *loop)
+{
+    return atomic_load_explicit(&loop->cbq.state, memory_order_relaxed) ==
+           IOLOOP__CBQ_STOP_REQUESTED;
+}
+
+void ioloop__cbq_end(ioloop_t *loop)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+
+    /* Posting is closed, so this ends. Lock every time (due): a post from another thread that
+     * came before the stop may not be visible to a relaxed read of len. */
+    do
+        q->due = true;
+    while (ioloop__cbq_run(loop) > 0);
+
+    spin_lock(&q->lock);
+    atomic_store_explicit(&q->state, IOLOOP__CBQ_STOPPED, memory_order_relaxed);
+    spin_unlock(&q->lock);
+}

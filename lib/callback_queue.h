@@ -1,0 +1,53 @@
+/*
+ * The queue other threads post callbacks into: a spinlock-protected array that the loop swaps
+ * out whole, plus the eventfd that wakes the loop. It also carries the loop's stop state, so
+ * that "stop" and "post" are ordered by the same lock.
+ */
+#ifndef IOLOOP_LIB_CALLBACK_QUEUE_H
+#define IOLOOP_LIB_CALLBACK_QUEUE_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <ioloop/loop.h>
+
+struct ioloop_cbq_item {
+    ioloop_callback_fn fn;
+    void *arg;
+};
+
+enum ioloop_cbq_state {
+    IOLOOP__CBQ_OPEN,           /* posts accepted */
+    IOLOOP__CBQ_STOP_REQUESTED, /* ioloop_stop() called; the start it ends has not returned */
+    IOLOOP__CBQ_STOPPED,        /* a start returned because of a stop; closed until restart */
+};
+
+struct ioloop_cbq {
+    atomic_int lock;
+    _Atomic int state;             /* enum ioloop_cbq_state; written under the lock */
+    _Atomic size_t len;            /* queued callbacks; written under the lock */
+    bool wake_pending;             /* an eventfd write is outstanding; under the lock */
+    struct ioloop_cbq_item *items; /* producers append here, under the lock */
+    size_t cap;
+    struct ioloop_cbq_item *spare; /* the loop's array, swapped with items by each drain */
+    size_t spare_cap;
+    bool due;                      /* the eventfd fired this iteration (loop thread) */
+    _Atomic int waking;            /* threads between deciding to wake and their write */
+    int efd;
+};
+
+int ioloop__cbq_init(ioloop_t *loop);
+void ioloop__cbq_fini(ioloop_t *loop);
+
+/* Runs the callbacks queued so far (not those they post); returns how many ran. */
+size_t ioloop__cbq_run(ioloop_t *loop);
+/* True if callbacks are waiting, so the loop must not block. */
+bool ioloop__cbq_pending(const ioloop_t *loop);
+/* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; honour
+ * the stop (run every callback accepted before it and close the queue until restart). */
+void ioloop__cbq_begin(ioloop_t *loop);
+bool ioloop__cbq_stop_requested(const ioloop_t *loop);
+void ioloop__cbq_end(ioloop_t *loop);
+
+#endif /* IOLOOP_LIB_CALLBACK_QUEUE_H */

@@ -1,0 +1,374 @@
+/*
+ * The loop itself: the epoll set, the handler table indexed by fd, one iteration, start and
+ * stop, and the thread checks. Timers, the callback queue and signals live in their own files
+ * and plug into the table like any other fd.
+ *
+ * Stale events. One epoll_wait returns a batch; a handler early in the batch may remove a
+ * handler whose event is later in the same batch, close its fd, and even register the same fd
+ * number again. Every registration bumps the slot's generation and the generation travels in
+ * epoll_data beside the fd, so an event is delivered only if its generation is still the slot's.
+ */
+#include "loop.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The first batch size; it doubles while batches come back full, up to the cap. */
+#define EVENTS_MIN 64
+#define EVENTS_MAX 4096
+
+/* The smallest handler table: covers the fds a fresh process opens first. */
+#define HANDLERS_MIN 64
+
+#define USER_EVENTS (IOLOOP_READ | IOLOOP_WRITE)
+
+/* The loop this thread is running, for ioloop_current(). */
+static _Thread_local ioloop_t *current_loop;
+/* Its address tells threads apart: unique among live threads, cheaper than pthread_self(). */
+static _Thread_local char thread_token;
+
+static uintptr_t self(void)
+{
+    return (uintptr_t)&thread_token;
+}
+
+uint64_t ioloop__clock_ns(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+int ioloop__check_thread(const ioloop_t *loop)
+{
+    if (atomic_load_explicit(&loop->running, memory_order_acquire) &&
+        atomic_load_explicit(&loop->owner, memory_order_relaxed) != self())
+        return -EPERM;
+    return 0;
+}
+
+ioloop_t *ioloop_new(void)
+{
+    ioloop_t *loop = calloc(1, sizeof *loop);
+    int err;
+
+    if (loop == NULL)
+        return NULL;
+    loop->timers.tfd = -1;
+    loop->cbq.efd = -1;
+    atomic_init(&loop->owner, self());
+    loop->now_us = ioloop__clock_ns() / 1000u;
+
+    loop->epfd = epoll_create1(EPOLL_CLOEXEC);
+    loop->events = malloc(EVENTS_MIN * sizeof *loop->events);
+    loop->nevents = EVENTS_MIN;
+    if (loop->epfd < 0)
+        err = -errno;
+    else if (loop->events == NULL)
+        err = -ENOMEM;
+    else if ((err = ioloop__cbq_init(loop)) == 0 && (err = ioloop__timers_init(loop)) == 0)
+        return loop;
+    ioloop_free(loop);
+    errno = -err;
+    return NULL;
+}
+
+void ioloop_free(ioloop_t *loop)
+{
+    if (loop == NULL)
+        return;
+    if (atomic_load_explicit(&loop->running, memory_order_acquire)) {
+        fprintf(stderr, "ioloop_free: loop %p is running; stop it and let ioloop_start() "
+                        "return first\n", (void *)loop);
+        abort();
+    }
+    ioloop__signals_fini(loop);
+    ioloop__timers_fini(loop);
+    ioloop__cbq_fini(loop);
+    if (loop->epfd >= 0)
+        close(loop->epfd);
+    free(loop->handlers);
+    free(loop->events);
+    free(loop);
+}
+
+/* ---- The handler table ------------------------------------------------------------------ */
+
+static uint32_t epoll_mask(uint32_t events)
+{
+    uint32_t mask = 0;
+
+    if (events & IOLOOP_READ)
+        mask |= EPOLLIN | EPOLLRDHUP;
+    if (events & IOLOOP_WRITE)
+        mask |= EPOLLOUT;
+    return mask;
+}
+
+static bool valid_events(int events)
+{
+    return (events & USER_EVENTS) != 0 && (events & ~USER_EVENTS) == 0;
+}
+
+/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0). */
+static int handlers_reserve(ioloop_t *loop, int fd)
+{
+    int n = loop->nhandlers ? loop->nhandlers : HANDLERS_MIN;
+    struct ioloop_handler *table;
+
+    if (fd < loop->nhandlers)
+        return 0;
+    while (n <= fd)
+        n = n > INT32_MAX / 2 ? INT32_MAX : n * 2;
+    table = realloc(loop->handlers, (size_t)n * sizeof *table);
+    if (table == NULL)
+        return -ENOMEM;
+    memset(table + loop->nhandlers, 0, (size_t)(n - loop->nhandlers) * sizeof *table);
+    loop->handlers = table;
+    loop->nhandlers = n;
+    return 0;
+}
+
+static struct ioloop_handler *handler_find(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h;
+
+    if (fd < 0 || fd >= loop->nhandlers)
+        return NULL;
+    h = &loop->handlers[fd];
+    return h->fn != NULL && !(h->events & IOLOOP__HANDLER_INTERNAL) ? h : NULL;
+}
+
+int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_fn fn,
+                        void *arg)
+{
+    struct epoll_event ev;
+    struct ioloop_handler *h;
+
+    if (fd < 0)
+        return -EBADF;
+    if (handlers_reserve(loop, fd) < 0)
+        return -ENOMEM;
+    h = &loop->handlers[fd];
+    if (h->fn != NULL)
+        return -EEXIST;
+
+    ev.events = epoll_mask(events);
+    ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        return -errno;
+    h->fn = fn;
+    h->arg = arg;
+    h->events = events;
+    h->gen++;
+    if (!(events & IOLOOP__HANDLER_INTERNAL))
+        ioloop__stat_add(&loop->stats.handlers, 1);
+    return 0;
+}
+
+void ioloop__handler_del(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h = &loop->handlers[fd];
+
+    /* If the fd was closed already, epoll dropped it itself: the error is harmless. */
+    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+    if (!(h->events & IOLOOP__HANDLER_INTERNAL))
+        ioloop__stat_add(&loop->stats.handlers, (uint64_t)-1);
+    h->fn = NULL;
+    h->arg = NULL;
+    h->events = 0;
+}
+
+int ioloop_add_handler(ioloop_t *loop, int fd, int events, ioloop_handler_fn fn, void *arg)
+{
+    int err;
+
+    if (loop == NULL || fn == NULL || !valid_events(events))
+        return -EINVAL;
+    if ((err = ioloop__check_thread(loop)) < 0)
+        return err;
+    return ioloop__handler_add(loop, fd, (uint32_t)events, fn, arg);
+}
+
+int ioloop_update_handler(ioloop_t *loop, int fd, int events)
+{
+    struct ioloop_handler *h;
+    struct epoll_event ev;
+    int err;
+
+    if (loop == NULL || !valid_events(events))
+        return -EINVAL;
+    if ((err = ioloop__check_thread(loop)) < 0)
+        return err;
+    if ((h = handler_find(loop, fd)) == NULL)
+        return -ENOENT;
+    if (h->events == (uint32_t)events)
+        return 0;
+    ev.events = epoll_mask((uint32_t)events);
+    ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
+        return -errno;
+    h->events = (uint32_t)events;
+    return 0;
+}
+
+int ioloop_remove_handler(ioloop_t *loop, int fd)
+{
+    int err;
+
+    if (loop == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(loop)) < 0)
+        return err;
+    if (handler_find(loop, fd) == NULL)
+        return -ENOENT;
+    ioloop__handler_del(loop, fd);
+    return 0;
+}
+
+/* ---- One iteration ---------------------------------------------------------------------- */
+
+/* Translates epoll bits into the IOLOOP_* bits the handler asked for. On an error or hangup the
+ * requested bits come along, so the handler's read or write meets the error itself. */
+static int ready_events(uint32_t epoll_events, uint32_t wanted)
+{
+    int ready = 0;
+
+    if (epoll_events & (EPOLLIN | EPOLLPRI | EPOLLRDHUP))
+        ready |= IOLOOP_READ;
+    if (epoll_events & EPOLLOUT)
+        ready |= IOLOOP_WRITE;
+    if (epoll_events & (EPOLLERR | EPOLLHUP))
+        ready |= IOLOOP_ERROR | (int)wanted;
+    return ready & ((int)wanted | IOLOOP_ERROR);
+}
+
+static void dispatch(ioloop_t *loop, int n)
+{
+    uint64_t delivered = 0;
+
+    for (int i = 0; i < n; i++) {
+        uint64_t data = loop->events[i].data.u64;
+        int fd = (int)(uint32_t)data;
+        uint32_t gen = (uint32_t)(data >> 32);
+        /* Re-read the slot for every event: an earlier callback may have removed or
+         * re-registered this fd, or grown (moved) the table. */
+        struct ioloop_handler *h = &loop->handlers[fd];
+        int ready;
+
+        if (h->fn == NULL || h->gen != gen)
+            continue;
+        ready = ready_events(loop->events[i].events, h->events & USER_EVENTS);
+        if (ready == 0)
+            continue;
+        if (!(h->events & IOLOOP__HANDLER_INTERNAL))
+            delivered++;
+        h->fn(loop, fd, ready, h->arg);
+    }
+    ioloop__stat_add(&loop->stats.io_events, delivered);
+}
+
+/*
+ * One iteration: wait for events (not at all if callbacks are queued), run the ready fd
+ * handlers, then the due timers, then the callbacks queued so far. The timerfd and the eventfd
+ * are handlers like any other; theirs only note that timers or callbacks are due, so that the
+ * order above holds whatever order epoll reports them in.
+ */
+static void iterate(ioloop_t *loop)
+{
+    uint64_t lag_us;
+    int n;
+
+    ioloop__timers_arm(loop);
+    n = epoll_wait(loop->epfd, loop->events, loop->nevents,
+                   ioloop__cbq_pending(loop) ? 0 : -1);
+    if (n < 0) {
+        if (errno != EINTR)
+            abort(); /* only EBADF, EFAULT or EINVAL remain: the loop is corrupt */
+        n = 0;
+    }
+    loop->now_us = ioloop__clock_ns() / 1000u;
+    ioloop__stat_add(&loop->stats.iterations, 1);
+
+    dispatch(loop, n);
+    ioloop__timers_run(loop);
+    ioloop__cbq_run(loop);
+
+    lag_us = ioloop__clock_ns() / 1000u - loop->now_us;
+    if (lag_us > atomic_load_explicit(&loop->stats.max_lag_us, memory_order_relaxed))
+        atomic_store_explicit(&loop->stats.max_lag_us, lag_us, memory_order_relaxed);
+
+    if (n == loop->nevents && n < EVENTS_MAX) {
+        struct epoll_event *bigger = realloc(loop->events, 2 * (size_t)n * sizeof *bigger);
+
+        if (bigger != NULL) {
+            loop->events = bigger;
+            loop->nevents = 2 * n;
+        }
+    }
+}
+
+int ioloop_start(ioloop_t *loop)
+{
+    ioloop_t *outer;
+    int idle = 0;
+
+    if (loop == NULL)
+        return -EINVAL;
+    if (!atomic_compare_exchange_strong(&loop->running, &idle, 1))
+        return -EBUSY;
+    atomic_store_explicit(&loop->owner, self(), memory_order_relaxed);
+    outer = current_loop;
+    current_loop = loop;
+
+    ioloop__cbq_begin(loop);
+    loop->now_us = ioloop__clock_ns() / 1000u;
+    ioloop__cbq_run(loop); /* what was posted before start runs before the first wait */
+    while (!ioloop__cbq_stop_requested(loop))
+        iterate(loop);
+    ioloop__cbq_end(loop); /* runs every callback accepted before the stop */
+
+    current_loop = outer;
+    atomic_store_explicit(&loop->running, 0, memory_order_release);
+    return 0;
+}
+
+/* ---- Introspection ---------------------------------------------------------------------- */
+
+uint64_t ioloop_now_ms(const ioloop_t *loop)
+{
+    return loop != NULL ? loop->now_us / 1000u : 0;
+}
+
+int ioloop_in_loop_thread(const ioloop_t *loop)
+{
+    return loop != NULL && atomic_load_explicit(&loop->owner, memory_order_relaxed) == self();
+}
+
+ioloop_t *ioloop_current(void)
+{
+    return current_loop;
+}
+
+void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
+{
+    const struct ioloop_counters *s;
+
+    if (loop == NULL || out == NULL)
+        return;
+    s = &loop->stats;
+    out->iterations = atomic_load_explicit(&s->iterations, memory_order_relaxed);
+    out->io_events = atomic_load_explicit(&s->io_events, memory_order_relaxed);
+    out->callbacks_run = atomic_load_explicit(&s->callbacks_run, memory_order_relaxed);
+    out->timers_fired = atomic_load_explicit(&s->timers_fired, memory_order_relaxed);
+    out->handlers = atomic_load_explicit(&s->handlers, memory_order_relaxed);
+    out->timers_pending = atomic_load_explicit(&s->timers_pending, memory_order_relaxed);
+    out->callbacks_pending = atomic_load_explicit(&loop->cbq.len, memory_order_relaxed);
+    out->wakeups = atomic_load_explicit(&s->wakeups, memory_order_relaxed);
+    out->max_lag_us = atomic_load_explicit(&s->max_lag_us, memory_order_relaxed);
+}

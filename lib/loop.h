@@ -1,0 +1,83 @@
+/*
+ * The loop's internals, shared by the files that make up one loop: loop.c (epoll set, handler
+ * table, iteration, start/stop), timer.c, callback_queue.c and signal.c. Nothing here is public.
+ */
+#ifndef IOLOOP_LIB_LOOP_H
+#define IOLOOP_LIB_LOOP_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/epoll.h>
+
+#include <ioloop/loop.h>
+
+#include "callback_queue.h"
+#include "signal.h"
+#include "timer.h"
+
+/* Marks a handler the loop registered for itself (eventfd, timerfd, signalfd): it is not
+ * counted in stats.handlers and the application cannot update or remove it. */
+#define IOLOOP__HANDLER_INTERNAL 0x100u
+
+/* One slot of the handler table, indexed by fd. */
+struct ioloop_handler {
+    ioloop_handler_fn fn;   /* NULL while the fd is not registered */
+    void *arg;
+    uint32_t events;        /* IOLOOP_READ | IOLOOP_WRITE, plus IOLOOP__HANDLER_INTERNAL */
+    uint32_t gen;           /* bumped by every registration; travels in epoll_data */
+};
+
+/* Counters behind ioloop_get_stats(). Written by the loop thread only (wakeups excepted) and
+ * read from any thread, hence relaxed atomics. */
+struct ioloop_counters {
+    _Atomic uint64_t iterations;
+    _Atomic uint64_t io_events;
+    _Atomic uint64_t callbacks_run;
+    _Atomic uint64_t timers_fired;
+    _Atomic uint64_t handlers;
+    _Atomic uint64_t timers_pending;
+    _Atomic uint64_t wakeups;   /* written by posting threads: atomic increments */
+    _Atomic uint64_t max_lag_us;
+};
+
+struct ioloop {
+    int epfd;
+    struct ioloop_handler *handlers;  /* the handler table, indexed by fd */
+    int nhandlers;                    /* its length; it only grows */
+    struct epoll_event *events;       /* one batch from epoll_wait */
+    int nevents;
+
+    uint64_t now_us;                  /* CLOCK_MONOTONIC, read once per iteration */
+    _Atomic int running;              /* 1 while ioloop_start() runs */
+    _Atomic uintptr_t owner;          /* the thread that runs, ran or created the loop */
+
+    struct ioloop_timers timers;
+    struct ioloop_cbq cbq;
+    struct ioloop_signals *signals;   /* created by the first ioloop_add_signal() */
+
+    struct ioloop_counters stats;
+};
+
+/* Registers fd in the table and the epoll set; `events` may carry IOLOOP__HANDLER_INTERNAL.
+ * Returns 0 or a negative errno (-EBADF, -EEXIST, -EPERM, -ENOMEM). */
+int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_fn fn,
+                        void *arg);
+/* Unregisters an fd registered with ioloop__handler_add(). */
+void ioloop__handler_del(ioloop_t *loop, int fd);
+
+/* 0 if the calling thread may use the loop's thread-only functions now, else -EPERM. */
+int ioloop__check_thread(const ioloop_t *loop);
+
+/* CLOCK_MONOTONIC in nanoseconds. */
+uint64_t ioloop__clock_ns(void);
+
+/* Adds n to a counter that only the loop thread writes. */
+static inline void ioloop__stat_add(_Atomic uint64_t *counter, uint64_t n)
+{
+    uint64_t v = atomic_load_explicit(counter, memory_order_relaxed);
+
+    atomic_store_explicit(counter, v + n, memory_order_relaxed);
+}
+
+#endif /* IOLOOP_LIB_LOOP_H */
