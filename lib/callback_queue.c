@@ -34,6 +34,15 @@
 
 #define ITEMS_MIN 64
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 static void spin_lock(atomic_int *lock)
 {
     for (unsigned spins = 0;; spins++) {
@@ -41,7 +50,7 @@ static void spin_lock(atomic_int *lock)
             !atomic_exchange_explicit(lock, 1, memory_order_acquire))
             return;
         if (spins < SPIN_LIMIT)
-            __builtin_ia32_pause();
+            cpu_relax();
         else
             sched_yield();
     }
@@ -227,6 +236,7 @@ void ioloop__cbq_begin(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
 
+    q->due = true; /* the first drain locks: posts made before start may be from anywhere */
     spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) == IOLOOP__CBQ_STOPPED)
         atomic_store_explicit(&q->state, IOLOOP__CBQ_OPEN, memory_order_relaxed);
@@ -239,15 +249,17 @@ bool ioloop__cbq_stop_requested(const ioloop_t *loop)
            IOLOOP__CBQ_STOP_REQUESTED;
 }
 
+size_t ioloop__cbq_drain(ioloop_t *loop)
+{
+    /* Lock (due) even if len reads 0: a post from another thread may not be visible to a
+     * relaxed read without it. */
+    loop->cbq.due = true;
+    return ioloop__cbq_run(loop);
+}
+
 void ioloop__cbq_end(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
-
-    /* Posting is closed, so this ends. Lock every time (due): a post from another thread that
-     * came before the stop may not be visible to a relaxed read of len. */
-    do
-        q->due = true;
-    while (ioloop__cbq_run(loop) > 0);
 
     spin_lock(&q->lock);
     atomic_store_explicit(&q->state, IOLOOP__CBQ_STOPPED, memory_order_relaxed);

@@ -42,10 +42,12 @@ void ioloop__cbq_fini(ioloop_t *loop);
 
 /* Runs the callbacks queued so far (not those they post); returns how many ran. */
 size_t ioloop__cbq_run(ioloop_t *loop);
+/* The same, but certain to see every post that happened before it (it always locks). */
+size_t ioloop__cbq_drain(ioloop_t *loop);
 /* True if callbacks are waiting, so the loop must not block. */
 bool ioloop__cbq_pending(const ioloop_t *loop);
-/* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; honour
- * the stop (run every callback accepted before it and close the queue until restart). */
+/* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; the stop
+ * is honoured (the queue was drained): posting stays closed until the next start. */
 void ioloop__cbq_begin(ioloop_t *loop);
 bool ioloop__cbq_stop_requested(const ioloop_t *loop);
 void ioloop__cbq_end(ioloop_t *loop);

@@ -31,6 +31,8 @@ static _Thread_local ioloop_t *current_loop;
 /* Its address tells threads apart: unique among live threads, cheaper than pthread_self(). */
 static _Thread_local char thread_token;
 
+static size_t run_deferred(ioloop_t *loop);
+
 static uintptr_t self(void)
 {
     return (uintptr_t)&thread_token;
@@ -61,6 +63,7 @@ ioloop_t *ioloop_new(void)
         return NULL;
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
+    loop->deferred_tail = &loop->deferred;
     atomic_init(&loop->owner, self());
     loop->now_us = ioloop__clock_ns() / 1000u;
 
@@ -87,6 +90,7 @@ void ioloop_free(ioloop_t *loop)
                         "return first\n", (void *)loop);
         abort();
     }
+    run_deferred(loop); /* internal clean-ups (closing connections) still owe their fds */
     ioloop__signals_fini(loop);
     ioloop__timers_fini(loop);
     ioloop__cbq_fini(loop);
@@ -171,6 +175,22 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
     return 0;
 }
 
+int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events)
+{
+    struct ioloop_handler *h = &loop->handlers[fd];
+    uint32_t internal = h->events & IOLOOP__HANDLER_INTERNAL;
+    struct epoll_event ev;
+
+    if ((h->events & USER_EVENTS) == events)
+        return 0;
+    ev.events = epoll_mask(events);
+    ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
+        return -errno;
+    h->events = events | internal;
+    return 0;
+}
+
 void ioloop__handler_del(ioloop_t *loop, int fd)
 {
     struct ioloop_handler *h = &loop->handlers[fd];
@@ -197,24 +217,15 @@ int ioloop_add_handler(ioloop_t *loop, int fd, int events, ioloop_handler_fn fn,
 
 int ioloop_update_handler(ioloop_t *loop, int fd, int events)
 {
-    struct ioloop_handler *h;
-    struct epoll_event ev;
     int err;
 
     if (loop == NULL || !valid_events(events))
         return -EINVAL;
     if ((err = ioloop__check_thread(loop)) < 0)
         return err;
-    if ((h = handler_find(loop, fd)) == NULL)
+    if (handler_find(loop, fd) == NULL)
         return -ENOENT;
-    if (h->events == (uint32_t)events)
-        return 0;
-    ev.events = epoll_mask((uint32_t)events);
-    ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
-    if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
-        return -errno;
-    h->events = (uint32_t)events;
-    return 0;
+    return ioloop__handler_set(loop, fd, (uint32_t)events);
 }
 
 int ioloop_remove_handler(ioloop_t *loop, int fd)
@@ -229,6 +240,34 @@ int ioloop_remove_handler(ioloop_t *loop, int fd)
         return -ENOENT;
     ioloop__handler_del(loop, fd);
     return 0;
+}
+
+/* ---- Deferred work ---------------------------------------------------------------------- */
+
+void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node)
+{
+    node->next = NULL;
+    *loop->deferred_tail = node;
+    loop->deferred_tail = &node->next;
+}
+
+/* Runs the deferred work queued so far; what it defers in turn waits for the next round.
+ * Returns how many nodes ran. */
+static size_t run_deferred(ioloop_t *loop)
+{
+    struct ioloop_deferred *node = loop->deferred;
+    size_t n = 0;
+
+    loop->deferred = NULL;
+    loop->deferred_tail = &loop->deferred;
+    while (node != NULL) {
+        struct ioloop_deferred *next = node->next; /* fn may free the node */
+
+        node->fn(loop, node);
+        node = next;
+        n++;
+    }
+    return n;
 }
 
 /* ---- One iteration ---------------------------------------------------------------------- */
@@ -273,20 +312,29 @@ static void dispatch(ioloop_t *loop, int n)
     ioloop__stat_add(&loop->stats.io_events, delivered);
 }
 
+/* Records how long the loop has been busy since it woke (loop->now_us). */
+static void note_lag(ioloop_t *loop)
+{
+    uint64_t lag_us = ioloop__clock_ns() / 1000u - loop->now_us;
+
+    if (lag_us > atomic_load_explicit(&loop->stats.max_lag_us, memory_order_relaxed))
+        atomic_store_explicit(&loop->stats.max_lag_us, lag_us, memory_order_relaxed);
+}
+
 /*
- * One iteration: wait for events (not at all if callbacks are queued), run the ready fd
- * handlers, then the due timers, then the callbacks queued so far. The timerfd and the eventfd
- * are handlers like any other; theirs only note that timers or callbacks are due, so that the
- * order above holds whatever order epoll reports them in.
+ * One iteration: wait for events (not at all if callbacks or deferred work are queued), run the
+ * ready fd handlers, then the due timers, then the callbacks queued so far, then the deferred
+ * work (connections being closed). The timerfd and the eventfd are handlers like any other;
+ * theirs only note that timers or callbacks are due, so that the order above holds whatever
+ * order epoll reports them in.
  */
 static void iterate(ioloop_t *loop)
 {
-    uint64_t lag_us;
     int n;
 
     ioloop__timers_arm(loop);
     n = epoll_wait(loop->epfd, loop->events, loop->nevents,
-                   ioloop__cbq_pending(loop) ? 0 : -1);
+                   ioloop__cbq_pending(loop) || loop->deferred != NULL ? 0 : -1);
     if (n < 0) {
         if (errno != EINTR)
             abort(); /* only EBADF, EFAULT or EINVAL remain: the loop is corrupt */
@@ -298,10 +346,9 @@ static void iterate(ioloop_t *loop)
     dispatch(loop, n);
     ioloop__timers_run(loop);
     ioloop__cbq_run(loop);
+    run_deferred(loop);
 
-    lag_us = ioloop__clock_ns() / 1000u - loop->now_us;
-    if (lag_us > atomic_load_explicit(&loop->stats.max_lag_us, memory_order_relaxed))
-        atomic_store_explicit(&loop->stats.max_lag_us, lag_us, memory_order_relaxed);
+    note_lag(loop);
 
     if (n == loop->nevents && n < EVENTS_MAX) {
         struct epoll_event *bigger = realloc(loop->events, 2 * (size_t)n * sizeof *bigger);
@@ -329,9 +376,13 @@ int ioloop_start(ioloop_t *loop)
     ioloop__cbq_begin(loop);
     loop->now_us = ioloop__clock_ns() / 1000u;
     ioloop__cbq_run(loop); /* what was posted before start runs before the first wait */
+    note_lag(loop);
     while (!ioloop__cbq_stop_requested(loop))
         iterate(loop);
-    ioloop__cbq_end(loop); /* runs every callback accepted before the stop */
+    /* Posting is closed: run what was accepted before the stop, and what that defers. */
+    while (ioloop__cbq_drain(loop) + run_deferred(loop) > 0)
+        ;
+    ioloop__cbq_end(loop);
 
     current_loop = outer;
     atomic_store_explicit(&loop->running, 0, memory_order_release);

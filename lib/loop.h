@@ -7,6 +7,7 @@
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/epoll.h>
 
@@ -27,6 +28,17 @@ struct ioloop_handler {
     uint32_t events;        /* IOLOOP_READ | IOLOOP_WRITE, plus IOLOOP__HANDLER_INTERNAL */
     uint32_t gen;           /* bumped by every registration; travels in epoll_data */
 };
+
+/* Deferred work: a node embedded in the caller's struct, run by the loop after the queued
+ * callbacks of the current iteration (and before start() returns). Deferring cannot fail and
+ * allocates nothing; the connection layer uses it to run on_close outside any other call. */
+struct ioloop_deferred {
+    struct ioloop_deferred *next;
+    void (*fn)(ioloop_t *loop, struct ioloop_deferred *node);
+};
+
+#define ioloop__container_of(ptr, type, member) \
+    ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 
 /* Counters behind ioloop_get_stats(). Written by the loop thread only (wakeups excepted) and
  * read from any thread, hence relaxed atomics. */
@@ -55,6 +67,8 @@ struct ioloop {
     struct ioloop_timers timers;
     struct ioloop_cbq cbq;
     struct ioloop_signals *signals;   /* created by the first ioloop_add_signal() */
+    struct ioloop_deferred *deferred; /* FIFO of deferred work: head ... */
+    struct ioloop_deferred **deferred_tail; /* ... and where the next node goes */
 
     struct ioloop_counters stats;
 };
@@ -63,8 +77,14 @@ struct ioloop {
  * Returns 0 or a negative errno (-EBADF, -EEXIST, -EPERM, -ENOMEM). */
 int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_fn fn,
                         void *arg);
+/* Sets the events watched for a registered fd; 0 keeps it registered but silent (errors and
+ * hangups still arrive as IOLOOP_ERROR). Returns 0 or a negative errno. */
+int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events);
 /* Unregisters an fd registered with ioloop__handler_add(). */
 void ioloop__handler_del(ioloop_t *loop, int fd);
+
+/* Queues `node` to run after this iteration's callbacks. Loop thread; never fails. */
+void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node);
 
 /* 0 if the calling thread may use the loop's thread-only functions now, else -EPERM. */
 int ioloop__check_thread(const ioloop_t *loop);

@@ -11,8 +11,9 @@
  *
  * Running a batch: the due timers are first moved out of the heap into a list (marked DUE),
  * then run one by one, each checked still live right before its callback: a timer cancelled
- * by an earlier callback of the batch never runs, and a timer scheduled during the batch is in
- * the heap, not the list, so it waits for the next iteration.
+ * by an earlier callback of the batch never runs. Only timers scheduled before the iteration
+ * began to wait are collected, so one scheduled by a handler or timer of this iteration —
+ * even with delay 0 — waits for the next.
  */
 #include "loop.h"
 
@@ -297,6 +298,7 @@ void ioloop__timers_arm(ioloop_t *loop)
     uint64_t want = t->heap_len > 0 ? t->heap[0].deadline_us : ARMED_NONE;
     struct itimerspec its = {0};
 
+    t->batch_seq = t->next_seq;
     if (want == t->armed_us)
         return;
     /* A zero it_value would disarm; deadlines are never zero, even when already past. */
@@ -340,15 +342,18 @@ static uint64_t next_deadline(uint64_t deadline_us, uint64_t interval_us, uint64
 void ioloop__timers_run(ioloop_t *loop)
 {
     struct ioloop_timers *t = &loop->timers;
-    uint64_t now_us = ioloop__clock_ns() / 1000u;
-    uint32_t ndue = 0, fired = 0;
+    uint64_t now_us = loop->now_us;
+    uint32_t ndue = 0;
 
     if (!t->fired)
         return;
     t->fired = false;
     t->armed_us = ARMED_FORCE; /* clears the timerfd's expiry before the next wait */
 
-    while (t->heap_len > 0 && t->heap[0].deadline_us <= now_us && due_reserve(t, ndue + 1)) {
+    /* Timers scheduled during this iteration (seq >= batch_seq) wait for the next one, even
+     * with delay 0; older ones due by the same deadline sort before them. */
+    while (t->heap_len > 0 && t->heap[0].deadline_us <= now_us &&
+           t->heap[0].seq < t->batch_seq && due_reserve(t, ndue + 1)) {
         struct ioloop_timer_node top = t->heap[0];
 
         heap_remove(t, 0);
@@ -366,7 +371,7 @@ void ioloop__timers_run(ioloop_t *loop)
 
         if (fn == NULL || tm->gen != d.gen || tm->pos != POS_DUE)
             continue;
-        fired++;
+        ioloop__stat_add(&loop->stats.timers_fired, 1);
         if (tm->interval_us == 0) {
             slot_release(loop, d.slot);
             fn(loop, arg);
@@ -379,5 +384,4 @@ void ioloop__timers_run(ioloop_t *loop)
             heap_push(t, d.slot,
                       next_deadline(d.deadline_us, tm->interval_us, ioloop__clock_ns() / 1000u));
     }
-    ioloop__stat_add(&loop->stats.timers_fired, fired);
 }

@@ -25,16 +25,19 @@ struct ioloop_timers {
     uint32_t due_cap;
     bool fired;                         /* the timerfd reported expiry this iteration */
     uint64_t next_seq;                  /* tie-break: scheduling order */
+    uint64_t batch_seq;                 /* next_seq when this iteration began to wait */
     uint64_t armed_us;                  /* deadline the timerfd is armed for */
 };
 
 int ioloop__timers_init(ioloop_t *loop);
 void ioloop__timers_fini(ioloop_t *loop);
 
-/* Arms the timerfd for the earliest deadline if that changed; called before each wait. */
+/* Called before each wait: arms the timerfd for the earliest deadline if that changed, and
+ * marks where this iteration begins (timers scheduled from now on wait for the next one). */
 void ioloop__timers_arm(ioloop_t *loop);
 
-/* Runs the timers due now if the timerfd fired in this iteration. */
+/* Runs the timers due at this iteration's time (loop->now_us) and scheduled before it began,
+ * if the timerfd fired. */
 void ioloop__timers_run(ioloop_t *loop);
 
 #endif /* IOLOOP_LIB_TIMER_H */
