@@ -6,5 +6,7 @@
 #define IOLOOP_H
 
 #include <ioloop/loop.h>
+#include <ioloop/pool.h>
+#include <ioloop/server.h>
 
 #endif /* IOLOOP_H */

@@ -64,6 +64,7 @@ ioloop_t *ioloop_new(void)
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
     loop->deferred_tail = &loop->deferred;
+    pthread_mutex_init(&loop->conns_lock, NULL);
     atomic_init(&loop->owner, self());
     loop->now_us = ioloop__clock_ns() / 1000u;
 
@@ -96,6 +97,7 @@ void ioloop_free(ioloop_t *loop)
     ioloop__cbq_fini(loop);
     if (loop->epfd >= 0)
         close(loop->epfd);
+    pthread_mutex_destroy(&loop->conns_lock);
     free(loop->handlers);
     free(loop->events);
     free(loop);
@@ -260,6 +262,7 @@ static size_t run_deferred(ioloop_t *loop)
 
     loop->deferred = NULL;
     loop->deferred_tail = &loop->deferred;
+    pthread_mutex_init(&loop->conns_lock, NULL);
     while (node != NULL) {
         struct ioloop_deferred *next = node->next; /* fn may free the node */
 

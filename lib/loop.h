@@ -5,6 +5,7 @@
 #ifndef IOLOOP_LIB_LOOP_H
 #define IOLOOP_LIB_LOOP_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -69,6 +70,11 @@ struct ioloop {
     struct ioloop_signals *signals;   /* created by the first ioloop_add_signal() */
     struct ioloop_deferred *deferred; /* FIFO of deferred work: head ... */
     struct ioloop_deferred **deferred_tail; /* ... and where the next node goes */
+
+    /* Servers' connections in this loop by id (lib/server.c): only the loop's thread changes
+     * it, under conns_lock; ioloop_server_send() looks ids up from other threads under it. */
+    struct ioloop_conn *conns;
+    pthread_mutex_t conns_lock;
 
     struct ioloop_counters stats;
 };

@@ -1,0 +1,149 @@
+/*
+ * The loop pool: N threads, each running one loop for its whole life, handed work round-robin.
+ *
+ * ioloop_pool_new() returns only once every loop runs: each thread's first callback (posted
+ * before the thread starts, so it runs before the loop first waits) counts itself in, and the
+ * creator waits for the count. From then on every loop belongs to its thread.
+ */
+#include "pool.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+struct pool_worker {
+    ioloop_t *loop;
+    pthread_t thread;
+    bool started;               /* the thread exists (and must be joined) */
+};
+
+struct ioloop_pool {
+    int size;
+    atomic_uint next;           /* the round-robin counter */
+    pthread_mutex_t lock;
+    pthread_cond_t running_cond;
+    int running;                /* loops that have started; under lock */
+    struct pool_worker workers[];
+};
+
+int ioloop__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg)
+{
+    sigset_t all, old;
+    int err;
+
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits this mask */
+    err = pthread_create(thread, NULL, fn, arg);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return -err;
+}
+
+static void on_started(ioloop_t *loop, void *arg)
+{
+    ioloop_pool_t *pool = arg;
+
+    pthread_mutex_lock(&pool->lock);
+    pool->running++;
+    pthread_cond_signal(&pool->running_cond);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+static void *worker_main(void *arg)
+{
+    ioloop_start(arg);
+    return NULL;
+}
+
+ioloop_pool_t *ioloop_pool_new(int nloops)
+{
+    ioloop_pool_t *pool;
+    int err = 0;
+
+    if (nloops <= 0) {
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+
+        nloops = cpus > 0 ? (int)cpus : 1;
+    }
+    pool = calloc(1, sizeof *pool + (size_t)nloops * sizeof pool->workers[0]);
+    if (pool == NULL)
+        return NULL;
+    pool->size = nloops;
+    pthread_mutex_init(&pool->lock, NULL);
+    pthread_cond_init(&pool->running_cond, NULL);
+
+    for (int i = 0; i < nloops && err == 0; i++) {
+        struct pool_worker *w = &pool->workers[i];
+
+        if ((w->loop = ioloop_new()) == NULL)
+            err = -errno;
+        else if ((err = ioloop_add_callback(w->loop, on_started, pool)) == 0 &&
+                 (err = ioloop__thread_start(&w->thread, worker_main, w->loop)) == 0)
+            w->started = true;
+    }
+    if (err < 0) {
+        ioloop_pool_free(pool);
+        errno = -err;
+        return NULL;
+    }
+
+    pthread_mutex_lock(&pool->lock);
+    while (pool->running < nloops)
+        pthread_cond_wait(&pool->running_cond, &pool->lock);
+    pthread_mutex_unlock(&pool->lock);
+    return pool;
+}
+
+int ioloop_pool_size(const ioloop_pool_t *pool)
+{
+    return pool != NULL ? pool->size : -EINVAL;
+}
+
+ioloop_t *ioloop_pool_loop(ioloop_pool_t *pool, int index)
+{
+    if (pool == NULL || index < 0 || index >= pool->size) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return pool->workers[index].loop;
+}
+
+ioloop_t *ioloop__pool_next(ioloop_pool_t *pool, int *index)
+{
+    unsigned n = atomic_fetch_add_explicit(&pool->next, 1, memory_order_relaxed);
+
+    *index = (int)(n % (unsigned)pool->size);
+    return pool->workers[*index].loop;
+}
+
+ioloop_t *ioloop_pool_next(ioloop_pool_t *pool)
+{
+    int index;
+
+    if (pool == NULL) {
+        errno = EINVAL;
+        return NULL;
+    }
+    return ioloop__pool_next(pool, &index);
+}
+
+void ioloop_pool_free(ioloop_pool_t *pool)
+{
+    if (pool == NULL)
+        return;
+    for (int i = 0; i < pool->size; i++)
+        if (pool->workers[i].started)
+            ioloop_stop(pool->workers[i].loop);
+    for (int i = 0; i < pool->size; i++) {
+        struct pool_worker *w = &pool->workers[i];
+
+        if (w->started)
+            pthread_join(w->thread, NULL);
+        ioloop_free(w->loop);
+    }
+    pthread_cond_destroy(&pool->running_cond);
+    pthread_mutex_destroy(&pool->lock);
+    free(pool);
+}
