@@ -13,8 +13,6 @@
  * idle connection with an emptied buffer costs little. */
 #define BUFFER_MIN 2048
 
-/* The stack buffer beside the heap buffer for one readv (muduo's Buffer::readFd). */
-#define EXTRA_READ (64 * 1024)
 
 int ioloop__buffer_reserve(struct ioloop_buffer *b, size_t n)
 {
@@ -63,7 +61,7 @@ void ioloop__buffer_consume(struct ioloop_buffer *b, size_t n)
 
 ssize_t ioloop__buffer_read_fd(struct ioloop_buffer *b, int fd)
 {
-    char extra[EXTRA_READ];
+    char extra[IOLOOP__READ_EXTRA];
     struct iovec iov[2];
     size_t space = b->cap - b->end;
     ssize_t n;

@@ -15,6 +15,10 @@
 #include <stddef.h>
 #include <sys/types.h>
 
+/* The stack buffer beside the heap buffer for one read (muduo's Buffer::readFd): one call
+ * takes up to 64 KiB more than the buffer has room for, and only what arrived is kept. */
+#define IOLOOP__READ_EXTRA (64 * 1024)
+
 struct ioloop_buffer {
     char *data;
     size_t start;

@@ -5,8 +5,10 @@
  *        │                        │                                 │                 ▲
  *        └──────── error ─────────┴────────────── error ────────────┴─────────────────┘
  *
- * Reading: one readv per readiness into the input buffer plus a 64 KiB stack buffer; on_data
- * sees every unconsumed byte and returns how many it consumed.
+ * Reading: one read per readiness, into a 64 KiB stack buffer (plus the input buffer's free
+ * space when input is pending, with one readv); on_data sees every unconsumed byte and returns
+ * how many it consumed; only the rest is kept. Buffers are released once empty, so an idle
+ * connection costs its struct alone.
  * Writing: straight to the socket when nothing is pending; what the kernel does not take goes
  * to the output buffer and the handler watches for writability until it drains (then
  * on_drain). The watched events are always derived from the state: READ while open and not
@@ -140,6 +142,7 @@ void ioloop__conn_abort(ioloop_conn_t *conn, int err)
 
 /* ---- Reading ---------------------------------------------------------------------------- */
 
+/* Presents the buffered input; what on_data leaves stays for the next call. */
 static void deliver(ioloop_conn_t *conn)
 {
     size_t len = ioloop__buffer_len(&conn->in);
@@ -149,6 +152,8 @@ static void deliver(ioloop_conn_t *conn)
         return;
     used = conn->handlers.on_data(conn, ioloop__buffer_peek(&conn->in), len);
     ioloop__buffer_consume(&conn->in, used < len ? used : len);
+    if (ioloop__buffer_len(&conn->in) == 0)
+        ioloop__buffer_free(&conn->in); /* an idle connection holds no buffer */
 }
 
 static void on_redeliver(ioloop_t *loop, struct ioloop_deferred *node)
@@ -171,18 +176,42 @@ static void peer_done(ioloop_conn_t *conn)
     watch(conn);
 }
 
+/*
+ * Reads once. With no input pending the bytes go to a stack buffer and on_data sees them
+ * there; only what it leaves is copied into the input buffer. With input pending, one readv
+ * fills the input buffer's free space and the stack buffer behind it.
+ */
 static void handle_read(ioloop_conn_t *conn)
 {
-    ssize_t n = ioloop__buffer_read_fd(&conn->in, conn->fd);
+    char stack[IOLOOP__READ_EXTRA];
+    ssize_t n;
 
-    if (n > 0) {
-        touch(conn);
-        deliver(conn);
-    } else if (n == 0) {
-        peer_done(conn);
-    } else if (n != -EAGAIN && n != -EINTR) {
-        finish(conn, (int)n);
+    if (ioloop__buffer_len(&conn->in) > 0) {
+        n = ioloop__buffer_read_fd(&conn->in, conn->fd);
+        if (n > 0) {
+            touch(conn);
+            deliver(conn);
+            return;
+        }
+    } else {
+        n = read(conn->fd, stack, sizeof stack);
+        if (n < 0)
+            n = -errno;
+        if (n > 0) {
+            size_t used;
+
+            touch(conn);
+            used = conn->handlers.on_data(conn, stack, (size_t)n);
+            if (used < (size_t)n &&
+                ioloop__buffer_append(&conn->in, stack + used, (size_t)n - used) < 0)
+                finish(conn, -ENOMEM);
+            return;
+        }
     }
+    if (n == 0)
+        peer_done(conn);
+    else if (n != -EAGAIN && n != -EINTR)
+        finish(conn, (int)n);
 }
 
 /* ---- Writing ---------------------------------------------------------------------------- */
@@ -207,6 +236,7 @@ static void handle_write(ioloop_conn_t *conn)
         ioloop__buffer_consume(out, (size_t)n);
         touch(conn);
     }
+    ioloop__buffer_free(out); /* drained: an idle connection holds no buffer */
     if (conn->state == IOLOOP__CONN_CLOSING) {
         finish(conn, 0);
         return;
