@@ -1,0 +1,1972 @@
+/*
+ * Unit tests of the loop itself (include/ioloop/loop.h): life cycle and fds, fd handlers and
+ * their errors, readiness and hangup delivery, stale events inside one epoll batch, handler
+ * table growth, start/stop semantics, loop-thread checks, the cached clock and the stats.
+ * Everything is driven by pipes, socketpairs and eventfds; the only real waits are short
+ * timers. Each test closes what it opens and checks that the process's fd count is restored.
+ */
+#include <ioloop.h>
+
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "helpers.h"
+
+/* The number of socketpairs of the many-fds test: 18 000 fds, under the 20 000 fd limit. */
+#define MANY_PAIRS 9000
+/* An fd number near the top of the 20 000 fd limit. */
+#define HIGH_FD 19500
+/* An fd number far above anything a test opens, to force table growth inside a callback. */
+#define GROW_FD 5000
+/* A timer far enough in the future never to fire during a test. */
+#define NEVER_MS 3600000u
+
+/* ---- Small helpers ---------------------------------------------------------------------- */
+
+static void make_pipe(int p[2])
+{
+    assert_int_equal(pipe2(p, O_NONBLOCK | O_CLOEXEC), 0);
+}
+
+static void make_socketpair(int s[2])
+{
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, s), 0);
+}
+
+static void write_byte(int fd)
+{
+    assert_int_equal(write(fd, "x", 1), 1);
+}
+
+static void close_fd(int fd)
+{
+    assert_int_equal(close(fd), 0);
+}
+
+static int fd_is_open(int fd)
+{
+    return fcntl(fd, F_GETFD) != -1;
+}
+
+static void spin_us(uint64_t us)
+{
+    uint64_t end = test_now_us() + us;
+
+    while (test_now_us() < end)
+        ;
+}
+
+static void get_stats(const ioloop_t *loop, ioloop_stats_t *s)
+{
+    memset(s, 0, sizeof *s);
+    ioloop_get_stats(loop, s);
+}
+
+/* Stops the loop; counts the call if arg is an int counter. */
+static void stop_cb(ioloop_t *loop, void *arg)
+{
+    if (arg != NULL)
+        ++*(int *)arg;
+    ioloop_stop(loop);
+}
+
+static void count_cb(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    ++*(int *)arg;
+}
+
+static void count_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    (void)loop;
+    (void)fd;
+    (void)events;
+    ++*(int *)arg;
+}
+
+/* Posted before a loop starts in another thread: tells the test thread the loop runs. */
+static void ready_cb(ioloop_t *loop, void *arg)
+{
+    uint64_t one = 1;
+
+    (void)loop;
+    if (write(*(int *)arg, &one, sizeof one) != (ssize_t)sizeof one)
+        abort();
+}
+
+/*
+ * Starts loop in a thread of its own and returns once that thread is inside start(). The
+ * signal is a posted callback, or a timer when posting is refused because the loop was stopped
+ * and has not been started again since.
+ */
+static void start_in_thread(test_loop_thread_t *t, ioloop_t *loop)
+{
+    int efd = eventfd(0, EFD_CLOEXEC);
+    uint64_t v;
+    int rc;
+
+    assert_true(efd >= 0);
+    rc = ioloop_add_callback(loop, ready_cb, &efd);
+    if (rc == -ESHUTDOWN)
+        assert_true(ioloop_run_after(loop, 0, ready_cb, &efd) > 0);
+    else
+        assert_int_equal(rc, 0);
+    test_loop_thread_start(t, loop);
+    assert_int_equal(read(efd, &v, sizeof v), sizeof v);
+    close_fd(efd);
+}
+
+/* ---- Life cycle ------------------------------------------------------------------------- */
+
+static void test_loop_new_free_restores_fds(void **state)
+{
+    int before = test_count_fds();
+
+    (void)state;
+    for (int i = 0; i < 50; i++) {
+        ioloop_t *loop = ioloop_new();
+
+        assert_non_null(loop);
+        assert_true(test_count_fds() > before);
+        ioloop_free(loop);
+        assert_int_equal(test_count_fds(), before);
+    }
+    ioloop_free(NULL);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_new_fds_are_cloexec(void **state)
+{
+    static unsigned char seen[20000];
+    int before = test_count_fds();
+    ioloop_t *loop;
+    int fresh = 0;
+
+    (void)state;
+    memset(seen, 0, sizeof seen);
+    for (int fd = 0; fd < (int)sizeof seen; fd++)
+        seen[fd] = (unsigned char)fd_is_open(fd);
+    loop = ioloop_new();
+    assert_non_null(loop);
+    for (int fd = 0; fd < (int)sizeof seen; fd++) {
+        int flags;
+
+        if (seen[fd])
+            continue;
+        flags = fcntl(fd, F_GETFD);
+        if (flags == -1)
+            continue;
+        fresh++;
+        assert_true(flags & FD_CLOEXEC);
+    }
+    assert_true(fresh > 0);
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_free_drops_registrations_keeps_app_fds(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int p[2], calls = 0, timers = 0, callbacks = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    write_byte(p[1]);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, count_handler, &calls), 0);
+    assert_true(ioloop_run_after(loop, 0, count_cb, &timers) > 0);
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &callbacks), 0);
+    ioloop_free(loop);
+    /* Nothing ran, and the application's fds are still open. */
+    assert_int_equal(calls, 0);
+    assert_int_equal(timers, 0);
+    assert_int_equal(callbacks, 0);
+    assert_true(fd_is_open(p[0]));
+    assert_true(fd_is_open(p[1]));
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Handler errors --------------------------------------------------------------------- */
+
+struct which_ctx {
+    int calls1, calls2;
+    int events;
+};
+
+static void which_handler1(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct which_ctx *c = arg;
+    char b;
+
+    c->calls1++;
+    c->events = events;
+    if (read(fd, &b, 1) != 1)
+        c->events = -1;
+    ioloop_stop(loop);
+}
+
+static void which_handler2(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct which_ctx *c = arg;
+
+    (void)fd;
+    (void)events;
+    c->calls2++;
+    ioloop_stop(loop);
+}
+
+static void test_loop_add_handler_errors(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct which_ctx c = { 0 };
+    ioloop_stats_t s;
+    int p[2], q[2], closed_fd;
+    FILE *file;
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+
+    /* -EINVAL: NULL loop or fn, a mask without READ/WRITE or with other bits. */
+    assert_int_equal(ioloop_add_handler(NULL, p[0], IOLOOP_READ, which_handler1, &c), -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, NULL, &c), -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], 0, which_handler1, &c), -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_ERROR, which_handler1, &c), -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ | IOLOOP_ERROR, which_handler1,
+                                        &c), -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ | 0x2, which_handler1, &c),
+                     -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ | 0x100, which_handler1, &c),
+                     -EINVAL);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_WRITE | 0x10000, which_handler1, &c),
+                     -EINVAL);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+
+    /* -EBADF: a negative fd, a closed fd. */
+    assert_int_equal(ioloop_add_handler(loop, -1, IOLOOP_READ, which_handler1, &c), -EBADF);
+    assert_int_equal(ioloop_add_handler(loop, -1000, IOLOOP_READ, which_handler1, &c), -EBADF);
+    make_pipe(q);
+    closed_fd = q[1];
+    close_fd(q[0]);
+    close_fd(q[1]);
+    assert_false(fd_is_open(closed_fd));
+    assert_int_equal(ioloop_add_handler(loop, closed_fd, IOLOOP_READ, which_handler1, &c), -EBADF);
+    assert_false(fd_is_open(12345));
+    assert_int_equal(ioloop_add_handler(loop, 12345, IOLOOP_READ, which_handler1, &c), -EBADF);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+
+    /* -EPERM: a regular file, which epoll refuses. */
+    file = tmpfile();
+    assert_non_null(file);
+    assert_int_equal(ioloop_add_handler(loop, fileno(file), IOLOOP_READ, which_handler1, &c),
+                     -EPERM);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+    /* Nothing was registered for it: update/remove do not know it. */
+    assert_int_equal(ioloop_update_handler(loop, fileno(file), IOLOOP_READ), -ENOENT);
+    assert_int_equal(ioloop_remove_handler(loop, fileno(file)), -ENOENT);
+    assert_int_equal(fclose(file), 0);
+
+    /* None of the failures registered p[0]: a valid add works now. */
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, which_handler1, &c), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 1);
+
+    /* -EEXIST: a second add of the same fd, whatever its mask or fn; the first one stays. */
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, which_handler1, &c), -EEXIST);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_WRITE, which_handler2, &c), -EEXIST);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 1);
+
+    /* The registration that survived all this is the first one. */
+    write_byte(p[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls1, 1);
+    assert_int_equal(c.calls2, 0);
+    assert_int_equal(c.events, IOLOOP_READ);
+
+    assert_int_equal(ioloop_remove_handler(loop, p[0]), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_update_remove_errors(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct which_ctx c = { 0 };
+    ioloop_stats_t s;
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, which_handler1, &c), 0);
+
+    /* -EINVAL: a failed update leaves the mask as it was. */
+    assert_int_equal(ioloop_update_handler(NULL, p[0], IOLOOP_READ), -EINVAL);
+    assert_int_equal(ioloop_update_handler(loop, p[0], 0), -EINVAL);
+    assert_int_equal(ioloop_update_handler(loop, p[0], IOLOOP_ERROR), -EINVAL);
+    assert_int_equal(ioloop_update_handler(loop, p[0], IOLOOP_READ | IOLOOP_ERROR), -EINVAL);
+    assert_int_equal(ioloop_update_handler(loop, p[0], IOLOOP_READ | 0x100), -EINVAL);
+    assert_int_equal(ioloop_remove_handler(NULL, p[0]), -EINVAL);
+
+    /* -ENOENT for unregistered fds: open ones and never-opened ones. */
+    assert_int_equal(ioloop_update_handler(loop, p[1], IOLOOP_WRITE), -ENOENT);
+    assert_int_equal(ioloop_remove_handler(loop, p[1]), -ENOENT);
+    assert_false(fd_is_open(12345));
+    assert_int_equal(ioloop_update_handler(loop, 12345, IOLOOP_READ), -ENOENT);
+    assert_int_equal(ioloop_remove_handler(loop, 12345), -ENOENT);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 1);
+
+    /* p[0] kept its READ mask and its handler. */
+    write_byte(p[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls1, 1);
+    assert_int_equal(c.events, IOLOOP_READ);
+
+    /* Removed once, it is unknown after. */
+    assert_int_equal(ioloop_remove_handler(loop, p[0]), 0);
+    assert_int_equal(ioloop_remove_handler(loop, p[0]), -ENOENT);
+    assert_int_equal(ioloop_update_handler(loop, p[0], IOLOOP_READ), -ENOENT);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_remove_negative_fd_enoent(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int rc1, rc2;
+
+    (void)state;
+    assert_non_null(loop);
+    /* API.md: -ENOENT when the fd is not registered, and a negative fd never is. */
+    rc1 = ioloop_remove_handler(loop, -1);
+    rc2 = ioloop_update_handler(loop, -1000, IOLOOP_READ);
+    ioloop_free(loop);
+    assert_int_equal(rc1, -ENOENT);
+    assert_int_equal(rc2, -ENOENT);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Readiness -------------------------------------------------------------------------- */
+
+struct io_ctx {
+    int rfd, wfd;
+    int calls;
+    int fd_seen;
+    int events;
+    int wrote;       /* set by the timer that makes the fd ready */
+    int early;       /* calls before the fd was made ready */
+    void *arg_seen;
+    int read_rc;
+};
+
+static void read_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct io_ctx *c = arg;
+    char b;
+
+    if (!c->wrote)
+        c->early++;
+    c->calls++;
+    c->fd_seen = fd;
+    c->events = events;
+    c->arg_seen = arg;
+    c->read_rc = (int)read(fd, &b, 1);
+    ioloop_remove_handler(loop, fd);
+    ioloop_stop(loop);
+}
+
+static void write_later_cb(ioloop_t *loop, void *arg)
+{
+    struct io_ctx *c = arg;
+
+    (void)loop;
+    c->wrote = 1;
+    if (write(c->wfd, "x", 1) != 1)
+        c->wrote = -1;
+}
+
+static void test_loop_read_delivered(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct io_ctx c = { 0 };
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    c.rfd = p[0];
+    c.wfd = p[1];
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, read_handler, &c), 0);
+    /* The pipe becomes readable only when this timer writes to it. */
+    assert_true(ioloop_run_after(loop, 0, write_later_cb, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.wrote, 1);
+    assert_int_equal(c.early, 0);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.fd_seen, p[0]);
+    assert_int_equal(c.events, IOLOOP_READ);
+    assert_ptr_equal(c.arg_seen, &c);
+    assert_int_equal(c.read_rc, 1);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void write_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct io_ctx *c = arg;
+
+    c->calls++;
+    c->fd_seen = fd;
+    c->events = events;
+    c->arg_seen = arg;
+    ioloop_remove_handler(loop, fd);
+    ioloop_stop(loop);
+}
+
+static void test_loop_write_delivered(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct io_ctx c = { 0 };
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[1], IOLOOP_WRITE, write_handler, &c), 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.fd_seen, p[1]);
+    assert_int_equal(c.events, IOLOOP_WRITE);
+    assert_ptr_equal(c.arg_seen, &c);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* The update test walks through states: each handler call checks and advances one. */
+struct update_ctx {
+    int s[2];
+    int state;
+    int bad;          /* calls with unexpected events, or in a state that expects none */
+    int calls;
+    int rc;           /* first failing return code of an update, else 0 */
+};
+
+static void update_handler_fn(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct update_ctx *c = arg;
+    char b;
+    int rc;
+
+    c->calls++;
+    switch (c->state) {
+    case 1: /* mask WRITE: a socket with an empty buffer is writable, not readable */
+        if (events != IOLOOP_WRITE)
+            c->bad++;
+        rc = ioloop_update_handler(loop, fd, IOLOOP_READ);
+        if (rc != 0)
+            c->rc = rc;
+        if (write(c->s[1], "x", 1) != 1)
+            c->bad++;
+        c->state = 2;
+        break;
+    case 2: /* mask READ with a byte waiting */
+        if (events != IOLOOP_READ)
+            c->bad++;
+        rc = ioloop_update_handler(loop, fd, IOLOOP_READ | IOLOOP_WRITE);
+        if (rc != 0)
+            c->rc = rc;
+        c->state = 3;
+        break;
+    case 3: /* mask READ|WRITE with the byte still waiting */
+        if (events != (IOLOOP_READ | IOLOOP_WRITE))
+            c->bad++;
+        if (read(fd, &b, 1) != 1)
+            c->bad++;
+        ioloop_remove_handler(loop, fd);
+        ioloop_stop(loop);
+        c->state = 4;
+        break;
+    default: /* state 0: mask READ, nothing to read; must not be called */
+        c->bad++;
+        ioloop_remove_handler(loop, fd);
+        ioloop_stop(loop);
+        break;
+    }
+}
+
+static void switch_to_write_cb(ioloop_t *loop, void *arg)
+{
+    struct update_ctx *c = arg;
+    int rc;
+
+    c->state = 1;
+    rc = ioloop_update_handler(loop, c->s[0], IOLOOP_WRITE);
+    if (rc != 0)
+        c->rc = rc;
+}
+
+static void test_loop_update_switches_interest(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct update_ctx c = { 0 };
+    ioloop_stats_t s;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(c.s);
+    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, update_handler_fn, &c), 0);
+    /* A few iterations with the READ mask and nothing to read go by before the switch. */
+    assert_true(ioloop_run_after(loop, 5, switch_to_write_cb, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(c.state, 4);
+    assert_int_equal(c.calls, 3);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+    ioloop_free(loop);
+    close_fd(c.s[0]);
+    close_fd(c.s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Hangup ----------------------------------------------------------------------------- */
+
+struct hup_ctx {
+    int calls;
+    int events;
+    int read_rc;
+    int do_read;
+};
+
+static void hup_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct hup_ctx *c = arg;
+    char b;
+
+    c->calls++;
+    c->events = events;
+    if (c->do_read)
+        c->read_rc = (int)read(fd, &b, 1);
+    ioloop_remove_handler(loop, fd);
+    ioloop_stop(loop);
+}
+
+static void test_loop_pipe_writer_close_delivered(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct hup_ctx c = { .do_read = 1, .read_rc = -2 };
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, hup_handler, &c), 0);
+    close_fd(p[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls, 1);
+    /* EPOLLHUP: ERROR, together with the READ the handler asked for; read() sees EOF. */
+    assert_true(c.events & IOLOOP_ERROR);
+    assert_true(c.events & IOLOOP_READ);
+    assert_int_equal(c.events & ~(IOLOOP_READ | IOLOOP_ERROR), 0);
+    assert_int_equal(c.read_rc, 0);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_pipe_reader_close_delivered(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct hup_ctx c = { 0 };
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[1], IOLOOP_WRITE, hup_handler, &c), 0);
+    close_fd(p[0]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls, 1);
+    /* EPOLLERR on the write end: ERROR, together with the WRITE the handler asked for. */
+    assert_true(c.events & IOLOOP_ERROR);
+    assert_true(c.events & IOLOOP_WRITE);
+    assert_int_equal(c.events & ~(IOLOOP_WRITE | IOLOOP_ERROR), 0);
+    ioloop_free(loop);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_socket_shutdown_is_read(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct hup_ctx c = { .do_read = 1, .read_rc = -2 };
+    int s[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, hup_handler, &c), 0);
+    assert_int_equal(shutdown(s[1], SHUT_WR), 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls, 1);
+    assert_true(c.events & IOLOOP_READ);
+    assert_int_equal(c.events & IOLOOP_WRITE, 0);
+    assert_int_equal(c.read_rc, 0);
+    ioloop_free(loop);
+    close_fd(s[0]);
+    close_fd(s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Many fds, high fds ----------------------------------------------------------------- */
+
+struct many_ctx;
+
+struct many_slot {
+    struct many_ctx *ctx;
+    int idx;
+};
+
+struct many_ctx {
+    int (*pairs)[2];
+    int *calls;
+    struct many_slot *slots;
+    int total;
+    int bad;
+};
+
+static void many_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct many_slot *slot = arg;
+    struct many_ctx *c = slot->ctx;
+    char b;
+
+    c->calls[slot->idx]++;
+    if (fd != c->pairs[slot->idx][0] || events != IOLOOP_READ || read(fd, &b, 1) != 1)
+        c->bad++;
+    /* Stop one iteration later, so that a repeated delivery would be seen. */
+    if (++c->total == MANY_PAIRS)
+        ioloop_run_after(loop, 0, stop_cb, NULL);
+}
+
+static void test_loop_many_socketpairs(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop;
+    struct many_ctx c = { 0 };
+    ioloop_stats_t s;
+    uint64_t io_events;
+    int rc_start, once = 0, removed = 0;
+
+    (void)state;
+    c.pairs = calloc(MANY_PAIRS, sizeof *c.pairs);
+    c.calls = calloc(MANY_PAIRS, sizeof *c.calls);
+    c.slots = calloc(MANY_PAIRS, sizeof *c.slots);
+    assert_non_null(c.pairs);
+    assert_non_null(c.calls);
+    assert_non_null(c.slots);
+    loop = ioloop_new();
+    assert_non_null(loop);
+    for (int i = 0; i < MANY_PAIRS; i++) {
+        make_socketpair(c.pairs[i]);
+        c.slots[i].ctx = &c;
+        c.slots[i].idx = i;
+        assert_int_equal(ioloop_add_handler(loop, c.pairs[i][0], IOLOOP_READ, many_handler,
+                                            &c.slots[i]), 0);
+    }
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, MANY_PAIRS);
+    for (int i = 0; i < MANY_PAIRS; i++)
+        write_byte(c.pairs[i][1]);
+
+    /* Everything is collected first and closed, so that a failure leaks no fds. */
+    rc_start = ioloop_start(loop);
+    for (int i = 0; i < MANY_PAIRS; i++)
+        once += c.calls[i] == 1;
+    get_stats(loop, &s);
+    io_events = s.io_events;
+    for (int i = 0; i < MANY_PAIRS; i++)
+        removed += ioloop_remove_handler(loop, c.pairs[i][0]) == 0;
+    get_stats(loop, &s);
+    for (int i = 0; i < MANY_PAIRS; i++) {
+        close_fd(c.pairs[i][0]);
+        close_fd(c.pairs[i][1]);
+    }
+    ioloop_free(loop);
+    free(c.pairs);
+    free(c.calls);
+    free(c.slots);
+
+    assert_int_equal(rc_start, 0);
+    assert_int_equal(c.total, MANY_PAIRS);
+    assert_int_equal(c.bad, 0);
+    assert_int_equal(once, MANY_PAIRS);
+    assert_int_equal(io_events, MANY_PAIRS);
+    assert_int_equal(removed, MANY_PAIRS);
+    assert_int_equal(s.handlers, 0);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_high_fd_number(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct io_ctx c = { 0 };
+    struct rlimit rl;
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_cur <= HIGH_FD) {
+        ioloop_free(loop);
+        skip();
+    }
+    make_pipe(p);
+    assert_false(fd_is_open(HIGH_FD));
+    assert_int_equal(dup2(p[0], HIGH_FD), HIGH_FD);
+    c.rfd = HIGH_FD;
+    c.wfd = p[1];
+    assert_int_equal(ioloop_add_handler(loop, HIGH_FD, IOLOOP_READ, read_handler, &c), 0);
+    assert_true(ioloop_run_after(loop, 0, write_later_cb, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls, 1);
+    assert_int_equal(c.early, 0);
+    assert_int_equal(c.fd_seen, HIGH_FD);
+    assert_int_equal(c.events, IOLOOP_READ);
+    assert_int_equal(c.read_rc, 1);
+    /* The handler removed itself. */
+    assert_int_equal(ioloop_remove_handler(loop, HIGH_FD), -ENOENT);
+    ioloop_free(loop);
+    close_fd(HIGH_FD);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Stale events in one batch ---------------------------------------------------------- */
+
+struct stale_ctx;
+
+struct stale_side {
+    struct stale_ctx *ctx;
+    int idx;
+};
+
+struct stale_ctx {
+    struct stale_side side[2];
+    int rfd[2], wfd[2];     /* two pipes, both readable before the loop starts */
+    int calls[2];
+    int first;              /* the side whose handler ran first, -1 before */
+    int rc_remove;
+    int replace;            /* variant: put a new fd and handler under the removed number */
+    int spare[2];           /* an empty pipe whose read end goes under that number */
+    int rc_close, rc_dup, rc_add;
+    int new_calls;          /* calls of the new registration */
+    int new_fd;
+    int new_events;
+    void *new_arg;
+    int phase2;             /* set when the new fd is made ready for real */
+};
+
+static void stale_new_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct stale_ctx *c = arg;
+    char b;
+
+    c->new_calls++;
+    c->new_fd = fd;
+    c->new_events = events;
+    c->new_arg = arg;
+    if (c->phase2) {
+        if (read(fd, &b, 1) != 1)
+            c->new_events = -1;
+        ioloop_remove_handler(loop, fd);
+        ioloop_stop(loop);
+    }
+}
+
+static void stale_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct stale_side *side = arg;
+    struct stale_ctx *c = side->ctx;
+    int other = 1 - side->idx;
+    char b;
+
+    (void)events;
+    c->calls[side->idx]++;
+    if (c->first < 0) {
+        c->first = side->idx;
+        c->rc_remove = ioloop_remove_handler(loop, c->rfd[other]);
+        if (c->replace) {
+            /* Same fd number, a different file that is not ready, a new fn and arg. */
+            c->rc_close = close(c->rfd[other]);
+            c->rc_dup = dup2(c->spare[0], c->rfd[other]);
+            c->rc_add = ioloop_add_handler(loop, c->rfd[other], IOLOOP_READ, stale_new_handler,
+                                           c);
+        }
+    }
+    if (read(fd, &b, 1) != 1)
+        c->calls[side->idx] += 100;
+    ioloop_remove_handler(loop, fd);
+    ioloop_add_callback(loop, stop_cb, NULL);
+}
+
+static void stale_setup(struct stale_ctx *c, ioloop_t *loop)
+{
+    c->first = -1;
+    for (int i = 0; i < 2; i++) {
+        int p[2];
+
+        make_pipe(p);
+        c->rfd[i] = p[0];
+        c->wfd[i] = p[1];
+        c->side[i].ctx = c;
+        c->side[i].idx = i;
+        assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, stale_handler,
+                                            &c->side[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        write_byte(c->wfd[i]);
+}
+
+static void test_loop_removed_handler_skips_batch_event(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct stale_ctx c = { 0 };
+    ioloop_stats_t s;
+    int other;
+
+    (void)state;
+    assert_non_null(loop);
+    stale_setup(&c, loop);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(c.first == 0 || c.first == 1);
+    other = 1 - c.first;
+    assert_int_equal(c.rc_remove, 0);
+    assert_int_equal(c.calls[c.first], 1);
+    assert_int_equal(c.calls[other], 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.io_events, 1);
+    assert_int_equal(s.handlers, 0);
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(c.rfd[i]);
+        close_fd(c.wfd[i]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_reused_fd_skips_batch_event(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct stale_ctx c = { .replace = 1 };
+    ioloop_stats_t s;
+    int other;
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(c.spare);
+    stale_setup(&c, loop);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(c.first == 0 || c.first == 1);
+    other = 1 - c.first;
+    assert_int_equal(c.rc_remove, 0);
+    assert_int_equal(c.rc_close, 0);
+    assert_int_equal(c.rc_dup, c.rfd[other]);
+    assert_int_equal(c.rc_add, 0);
+    /* The old registration never ran; the new one got nothing from the old batch. */
+    assert_int_equal(c.calls[c.first], 1);
+    assert_int_equal(c.calls[other], 0);
+    assert_int_equal(c.new_calls, 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.io_events, 1);
+    assert_int_equal(s.handlers, 1);
+
+    /* The new registration works for real readiness. */
+    c.phase2 = 1;
+    write_byte(c.spare[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.new_calls, 1);
+    assert_int_equal(c.new_fd, c.rfd[other]);
+    assert_int_equal(c.new_events, IOLOOP_READ);
+    assert_ptr_equal(c.new_arg, &c);
+    assert_int_equal(c.calls[other], 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(c.rfd[i]); /* the other one is the dup of spare[0] now */
+        close_fd(c.wfd[i]);
+    }
+    close_fd(c.spare[0]);
+    close_fd(c.spare[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* Both sides are socketpairs with a byte waiting; the first handler switches the other to WRITE. */
+struct upd_stale_ctx;
+
+struct upd_stale_side {
+    struct upd_stale_ctx *ctx;
+    int idx;
+};
+
+struct upd_stale_ctx {
+    struct upd_stale_side side[2];
+    int s[2][2];
+    int first;
+    int rc_update;
+    int other_calls;
+    int other_events;
+    int first_again;
+};
+
+static void upd_stale_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct upd_stale_side *side = arg;
+    struct upd_stale_ctx *c = side->ctx;
+    char b;
+
+    if (c->first < 0) {
+        c->first = side->idx;
+        c->rc_update = ioloop_update_handler(loop, c->s[1 - side->idx][0], IOLOOP_WRITE);
+        if (read(fd, &b, 1) != 1)
+            c->first_again += 100;
+        ioloop_remove_handler(loop, fd);
+    } else if (side->idx != c->first) {
+        c->other_calls++;
+        c->other_events = events;
+        ioloop_remove_handler(loop, fd);
+        ioloop_add_callback(loop, stop_cb, NULL);
+    } else {
+        c->first_again++;
+    }
+}
+
+static void test_loop_update_skips_excluded_batch_event(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct upd_stale_ctx c = { .first = -1 };
+
+    (void)state;
+    assert_non_null(loop);
+    for (int i = 0; i < 2; i++) {
+        make_socketpair(c.s[i]);
+        c.side[i].ctx = &c;
+        c.side[i].idx = i;
+        assert_int_equal(ioloop_add_handler(loop, c.s[i][0], IOLOOP_READ, upd_stale_handler,
+                                            &c.side[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        write_byte(c.s[i][1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(c.first == 0 || c.first == 1);
+    assert_int_equal(c.rc_update, 0);
+    assert_int_equal(c.first_again, 0);
+    /* The other side's READ event of the first batch was dropped; it saw WRITE only. */
+    assert_int_equal(c.other_calls, 1);
+    assert_int_equal(c.other_events, IOLOOP_WRITE);
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(c.s[i][0]);
+        close_fd(c.s[i][1]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Handlers changing handlers --------------------------------------------------------- */
+
+struct grow_ctx {
+    int a[2], b[2], c[2];
+    int calls1, calls2, calls3;
+    int rc_self_remove, rc_dup, rc_add;
+    int fd2, fd3;
+    int bad;
+};
+
+static void grow_handler3(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct grow_ctx *g = arg;
+    char b;
+
+    g->calls3++;
+    g->fd3 = fd;
+    if (events != IOLOOP_READ || read(fd, &b, 1) != 1)
+        g->bad++;
+    ioloop_remove_handler(loop, fd);
+    ioloop_stop(loop);
+}
+
+static void grow_handler2(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct grow_ctx *g = arg;
+    char b;
+
+    g->calls2++;
+    g->fd2 = fd;
+    if (events != IOLOOP_READ || read(fd, &b, 1) != 1)
+        g->bad++;
+    ioloop_remove_handler(loop, fd);
+    /* Wakes the handler registered before the table grew. */
+    if (write(g->c[1], "x", 1) != 1)
+        g->bad++;
+}
+
+static void grow_handler1(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct grow_ctx *g = arg;
+    char b;
+
+    g->calls1++;
+    /* The pipe keeps a second byte: only the removal keeps this handler from running again. */
+    g->rc_self_remove = ioloop_remove_handler(loop, fd);
+    if (events != IOLOOP_READ || read(fd, &b, 1) != 1)
+        g->bad++;
+    g->rc_dup = dup2(g->b[0], GROW_FD);
+    g->rc_add = ioloop_add_handler(loop, GROW_FD, IOLOOP_READ, grow_handler2, g);
+}
+
+static void test_loop_handler_changes_handlers(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct grow_ctx g = { 0 };
+    ioloop_stats_t s;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_false(fd_is_open(GROW_FD));
+    make_pipe(g.a);
+    make_pipe(g.b);
+    make_pipe(g.c);
+    assert_int_equal(ioloop_add_handler(loop, g.a[0], IOLOOP_READ, grow_handler1, &g), 0);
+    assert_int_equal(ioloop_add_handler(loop, g.c[0], IOLOOP_READ, grow_handler3, &g), 0);
+    assert_int_equal(write(g.a[1], "xx", 2), 2);
+    write_byte(g.b[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(g.bad, 0);
+    assert_int_equal(g.rc_self_remove, 0);
+    assert_int_equal(g.rc_dup, GROW_FD);
+    assert_int_equal(g.rc_add, 0);
+    assert_int_equal(g.calls1, 1);
+    assert_int_equal(g.calls2, 1);
+    assert_int_equal(g.calls3, 1);
+    assert_int_equal(g.fd2, GROW_FD);
+    assert_int_equal(g.fd3, g.c[0]);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 0);
+    ioloop_free(loop);
+    close_fd(GROW_FD);
+    close_fd(g.a[0]);
+    close_fd(g.a[1]);
+    close_fd(g.b[0]);
+    close_fd(g.b[1]);
+    close_fd(g.c[0]);
+    close_fd(g.c[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Start and stop --------------------------------------------------------------------- */
+
+static void stop_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    (void)events;
+    ++*(int *)arg;
+    ioloop_remove_handler(loop, fd);
+    ioloop_stop(loop);
+}
+
+static void test_loop_stop_from_callback(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int stops = 0, after = 0, p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    /* From a posted callback; a callback accepted before the stop still runs. */
+    assert_int_equal(ioloop_add_callback(loop, stop_cb, &stops), 0);
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &after), 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+    assert_int_equal(after, 1);
+    /* Stopped and not started again: posting is refused. */
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &after), -ESHUTDOWN);
+
+    /* From a timer. */
+    assert_true(ioloop_run_after(loop, 1, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 2);
+
+    /* From an fd handler. */
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[1], IOLOOP_WRITE, stop_handler, &stops), 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 3);
+    assert_int_equal(after, 1);
+
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_stop_before_start(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int queued = 0, guard = 0, stopped = 0;
+    int64_t guard_id;
+    uint64_t t0;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &queued), 0);
+    ioloop_stop(loop);
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &queued), -ESHUTDOWN);
+    /* Only ends a start that ignores the early stop; cancelled right after. */
+    guard_id = ioloop_run_after(loop, 2000, stop_cb, &guard);
+    assert_true(guard_id > 0);
+
+    /* The next start runs the queued callback and returns at once. */
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(guard, 0);
+    assert_int_equal(queued, 1);
+    assert_int_equal(ioloop_cancel_timer(loop, guard_id), 0);
+
+    /* The start after that runs normally, until it is stopped. */
+    t0 = test_now_us();
+    assert_true(ioloop_run_after(loop, 20, stop_cb, &stopped) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stopped, 1);
+    assert_true(test_now_us() - t0 >= 20000);
+    assert_int_equal(queued, 1);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void double_stop_cb(ioloop_t *loop, void *arg)
+{
+    ++*(int *)arg;
+    ioloop_stop(loop);
+    ioloop_stop(loop);
+}
+
+static void test_loop_stop_idempotent(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int guard = 0, stopped = 0, doubles = 0;
+    int64_t guard_id;
+
+    (void)state;
+    assert_non_null(loop);
+
+    /* Two stops before start end one start only. */
+    ioloop_stop(loop);
+    ioloop_stop(loop);
+    guard_id = ioloop_run_after(loop, 2000, stop_cb, &guard);
+    assert_true(guard_id > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(guard, 0);
+    assert_int_equal(ioloop_cancel_timer(loop, guard_id), 0);
+    assert_true(ioloop_run_after(loop, 20, stop_cb, &stopped) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stopped, 1);
+
+    /* Two stops inside a run end that run only. */
+    assert_true(ioloop_run_after(loop, 0, double_stop_cb, &doubles) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(doubles, 1);
+    assert_true(ioloop_run_after(loop, 20, stop_cb, &stopped) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stopped, 2);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_restart(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int stops = 0, calls = 0, p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    /* A registration survives the restarts. */
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, count_handler, &calls), 0);
+    for (int round = 1; round <= 3; round++) {
+        assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+        assert_int_equal(ioloop_start(loop), 0);
+        assert_int_equal(stops, round);
+    }
+    assert_int_equal(calls, 0);
+    assert_int_equal(ioloop_remove_handler(loop, p[0]), 0);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+struct reenter_ctx {
+    int rc;
+    int calls;
+};
+
+static void reenter_cb(ioloop_t *loop, void *arg)
+{
+    struct reenter_ctx *r = arg;
+    int64_t guard;
+
+    r->calls++;
+    /* Were the call to nest a second run, this timer would end it instead of a hang. */
+    guard = ioloop_run_after(loop, 100, stop_cb, NULL);
+    r->rc = ioloop_start(loop);
+    ioloop_cancel_timer(loop, guard);
+    ioloop_stop(loop);
+}
+
+static void test_loop_start_reentrant_ebusy(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct reenter_ctx r = { .rc = 1 };
+    test_loop_thread_t t;
+    int stops = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    /* From its own callback. */
+    assert_true(ioloop_run_after(loop, 0, reenter_cb, &r) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.rc, -EBUSY);
+
+    /* Still usable afterwards. */
+    assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+
+    /* From a second thread while it runs in another. */
+    start_in_thread(&t, loop);
+    assert_int_equal(ioloop_start(loop), -EBUSY);
+    ioloop_stop(loop);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_stop_from_other_thread(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    test_loop_thread_t t;
+
+    (void)state;
+    assert_non_null(loop);
+    for (int i = 0; i < 3; i++) {
+        start_in_thread(&t, loop);
+        ioloop_stop(loop);
+        assert_int_equal(test_loop_thread_join(&t), 0);
+    }
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void test_loop_start_stop_null(void **state)
+{
+    (void)state;
+    assert_int_equal(ioloop_start(NULL), -EINVAL);
+    ioloop_stop(NULL);
+}
+
+/* ---- Loop thread ------------------------------------------------------------------------ */
+
+static void noop_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    (void)loop;
+    (void)fd;
+    (void)events;
+    (void)arg;
+}
+
+static void noop_signal(ioloop_t *loop, int signo, void *arg)
+{
+    (void)loop;
+    (void)signo;
+    (void)arg;
+}
+
+struct wrong_ctx {
+    int s[2];
+    int64_t timer;
+    int handler_calls;
+    int timer_calls;
+    int rc_eexist, rc_enoent, rc_cancel, rc_remove, rc_signal;
+    uint64_t timers_pending;
+};
+
+static void wrong_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct wrong_ctx *w = arg;
+
+    (void)loop;
+    (void)fd;
+    (void)events;
+    w->handler_calls++;
+}
+
+/* Runs in the loop's thread after the refused calls: checks that nothing changed. */
+static void wrong_verify_cb(ioloop_t *loop, void *arg)
+{
+    struct wrong_ctx *w = arg;
+    ioloop_stats_t s;
+
+    w->rc_eexist = ioloop_add_handler(loop, w->s[0], IOLOOP_READ, noop_handler, NULL);
+    w->rc_enoent = ioloop_update_handler(loop, w->s[1], IOLOOP_READ);
+    w->rc_cancel = ioloop_cancel_timer(loop, w->timer);
+    w->rc_remove = ioloop_remove_handler(loop, w->s[0]);
+    w->rc_signal = ioloop_remove_signal(loop, SIGUSR1);
+    get_stats(loop, &s);
+    w->timers_pending = s.timers_pending;
+    ioloop_stop(loop);
+}
+
+static void test_loop_wrong_thread_eperm(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct wrong_ctx w = { 0 };
+    test_loop_thread_t t;
+    ioloop_stats_t s;
+    sigset_t mask_before, mask_after;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(w.s);
+    /* s[0]: READ with nothing to read. Were it switched to WRITE, it would be ready at once. */
+    assert_int_equal(ioloop_add_handler(loop, w.s[0], IOLOOP_READ, wrong_handler, &w), 0);
+    w.timer = ioloop_run_after(loop, NEVER_MS, count_cb, &w.timer_calls);
+    assert_true(w.timer > 0);
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, NULL, &mask_before), 0);
+
+    start_in_thread(&t, loop);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 1);
+    assert_int_equal(s.timers_pending, 1);
+
+    assert_int_equal(ioloop_add_handler(loop, w.s[1], IOLOOP_WRITE, wrong_handler, &w), -EPERM);
+    assert_int_equal(ioloop_update_handler(loop, w.s[0], IOLOOP_WRITE), -EPERM);
+    assert_int_equal(ioloop_remove_handler(loop, w.s[0]), -EPERM);
+    assert_int_equal(ioloop_run_after(loop, 0, count_cb, &w.timer_calls), -EPERM);
+    assert_int_equal(ioloop_run_every(loop, 1, count_cb, &w.timer_calls), -EPERM);
+    assert_int_equal(ioloop_cancel_timer(loop, w.timer), -EPERM);
+    assert_int_equal(ioloop_add_signal(loop, SIGUSR1, noop_signal, NULL), -EPERM);
+    assert_int_equal(ioloop_remove_signal(loop, SIGUSR1), -EPERM);
+
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 1);
+    assert_int_equal(s.timers_pending, 1);
+    /* The refused add_signal did not block the signal here. */
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, NULL, &mask_after), 0);
+    assert_int_equal(sigismember(&mask_after, SIGUSR1), sigismember(&mask_before, SIGUSR1));
+
+    /* Posting is fine from any thread. */
+    assert_int_equal(ioloop_add_callback(loop, wrong_verify_cb, &w), 0);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+
+    assert_int_equal(w.handler_calls, 0);
+    assert_int_equal(w.timer_calls, 0);
+    assert_int_equal(w.rc_eexist, -EEXIST);  /* still registered */
+    assert_int_equal(w.rc_enoent, -ENOENT);  /* s[1] was never registered */
+    assert_int_equal(w.rc_cancel, 0);        /* the timer was still pending */
+    assert_int_equal(w.rc_remove, 0);
+    assert_int_equal(w.rc_signal, -ENOENT);  /* the signal was never taken */
+    assert_int_equal(w.timers_pending, 0);
+
+    ioloop_free(loop);
+    close_fd(w.s[0]);
+    close_fd(w.s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* A handler, a timer and a posted callback record what they see; the last of them stops. */
+struct thread_ctx {
+    int in_loop_cb, in_loop_timer, in_loop_handler;
+    ioloop_t *current_cb, *current_timer, *current_handler;
+    int done;
+};
+
+static void thread_done(ioloop_t *loop, struct thread_ctx *c)
+{
+    if (++c->done == 3)
+        ioloop_stop(loop);
+}
+
+static void thread_cb(ioloop_t *loop, void *arg)
+{
+    struct thread_ctx *c = arg;
+
+    c->in_loop_cb = ioloop_in_loop_thread(loop);
+    c->current_cb = ioloop_current();
+    thread_done(loop, c);
+}
+
+static void thread_timer(ioloop_t *loop, void *arg)
+{
+    struct thread_ctx *c = arg;
+
+    c->in_loop_timer = ioloop_in_loop_thread(loop);
+    c->current_timer = ioloop_current();
+    thread_done(loop, c);
+}
+
+static void thread_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct thread_ctx *c = arg;
+
+    (void)events;
+    c->in_loop_handler = ioloop_in_loop_thread(loop);
+    c->current_handler = ioloop_current();
+    ioloop_remove_handler(loop, fd);
+    thread_done(loop, c);
+}
+
+static void test_loop_in_loop_thread_and_current(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct thread_ctx c = { 0 }, tc = { 0 };
+    test_loop_thread_t t;
+    int p[2];
+
+    (void)state;
+    assert_non_null(loop);
+    assert_int_equal(ioloop_in_loop_thread(NULL), 0);
+    assert_int_equal(ioloop_in_loop_thread(loop), 1);
+    assert_null(ioloop_current());
+
+    /* Run in this thread. */
+    make_pipe(p);
+    assert_int_equal(ioloop_add_handler(loop, p[1], IOLOOP_WRITE, thread_handler, &c), 0);
+    assert_int_equal(ioloop_add_callback(loop, thread_cb, &c), 0);
+    assert_true(ioloop_run_after(loop, 0, thread_timer, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.done, 3);
+    assert_int_equal(c.in_loop_cb, 1);
+    assert_int_equal(c.in_loop_timer, 1);
+    assert_int_equal(c.in_loop_handler, 1);
+    assert_ptr_equal(c.current_cb, loop);
+    assert_ptr_equal(c.current_timer, loop);
+    assert_ptr_equal(c.current_handler, loop);
+    assert_null(ioloop_current());
+    assert_int_equal(ioloop_in_loop_thread(loop), 1);
+
+    /* Run in another thread: there it is the loop thread, here it is not. */
+    assert_int_equal(ioloop_add_handler(loop, p[1], IOLOOP_WRITE, thread_handler, &tc), 0);
+    assert_true(ioloop_run_after(loop, 0, thread_timer, &tc) > 0);
+    start_in_thread(&t, loop);
+    assert_int_equal(ioloop_in_loop_thread(loop), 0);
+    assert_null(ioloop_current());
+    assert_int_equal(ioloop_add_callback(loop, thread_cb, &tc), 0);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+    assert_int_equal(tc.done, 3);
+    assert_int_equal(tc.in_loop_cb, 1);
+    assert_int_equal(tc.in_loop_timer, 1);
+    assert_int_equal(tc.in_loop_handler, 1);
+    assert_ptr_equal(tc.current_cb, loop);
+    assert_ptr_equal(tc.current_timer, loop);
+    assert_ptr_equal(tc.current_handler, loop);
+    /* The loop's thread is now the one that last ran it. */
+    assert_int_equal(ioloop_in_loop_thread(loop), 0);
+    assert_null(ioloop_current());
+
+    ioloop_free(loop);
+    close_fd(p[0]);
+    close_fd(p[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Cached clock ----------------------------------------------------------------------- */
+
+struct now_ctx {
+    uint64_t batch[2];
+    int batch_calls;
+    uint64_t chain[6];
+    int chain_len;
+};
+
+static void now_batch_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct now_ctx *c = arg;
+    char b;
+
+    (void)events;
+    if (c->batch_calls < 2)
+        c->batch[c->batch_calls] = ioloop_now_ms(loop);
+    c->batch_calls++;
+    /* Real time moves on by several milliseconds within the batch. */
+    spin_us(3000);
+    if (read(fd, &b, 1) != 1)
+        c->batch_calls += 100;
+    ioloop_remove_handler(loop, fd);
+    if (c->batch_calls == 2)
+        ioloop_add_callback(loop, stop_cb, NULL);
+}
+
+static void now_chain_timer(ioloop_t *loop, void *arg)
+{
+    struct now_ctx *c = arg;
+
+    c->chain[c->chain_len++] = ioloop_now_ms(loop);
+    if (c->chain_len < 6)
+        ioloop_run_after(loop, 1, now_chain_timer, c);
+    else
+        ioloop_stop(loop);
+}
+
+static void test_loop_now_ms(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct now_ctx c = { 0 };
+    int p[2][2];
+    uint64_t t0, t1;
+
+    (void)state;
+    assert_int_equal(ioloop_now_ms(NULL), 0);
+    assert_non_null(loop);
+
+    /* Two handlers of one batch see the same value, though time passed between them. */
+    for (int i = 0; i < 2; i++) {
+        make_pipe(p[i]);
+        write_byte(p[i][1]);
+        assert_int_equal(ioloop_add_handler(loop, p[i][0], IOLOOP_READ, now_batch_handler, &c),
+                         0);
+    }
+    t0 = test_now_us();
+    assert_int_equal(ioloop_start(loop), 0);
+    t1 = test_now_us();
+    assert_int_equal(c.batch_calls, 2);
+    assert_true(c.batch[0] != 0);
+    assert_int_equal(c.batch[0], c.batch[1]);
+    /* It is CLOCK_MONOTONIC in milliseconds. */
+    assert_true(c.batch[0] >= t0 / 1000);
+    assert_true(c.batch[0] <= t1 / 1000 + 1);
+
+    /* Across iterations it moves forward: each timer fires at least 1 ms after the last. */
+    assert_true(ioloop_run_after(loop, 1, now_chain_timer, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.chain_len, 6);
+    assert_true(c.chain[0] >= c.batch[0]);
+    for (int i = 1; i < 6; i++)
+        assert_true(c.chain[i] > c.chain[i - 1]);
+
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(p[i][0]);
+        close_fd(p[i][1]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Stats ------------------------------------------------------------------------------ */
+
+static void test_loop_stats_fresh_and_null(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    ioloop_stats_t s, pattern;
+
+    (void)state;
+    assert_non_null(loop);
+    memset(&s, 0xab, sizeof s);
+    ioloop_get_stats(loop, &s);
+    /* A fresh loop has internal fds, but no application handler, and has done nothing. */
+    assert_int_equal(s.iterations, 0);
+    assert_int_equal(s.io_events, 0);
+    assert_int_equal(s.callbacks_run, 0);
+    assert_int_equal(s.timers_fired, 0);
+    assert_int_equal(s.handlers, 0);
+    assert_int_equal(s.timers_pending, 0);
+    assert_int_equal(s.callbacks_pending, 0);
+    assert_int_equal(s.wakeups, 0);
+    assert_int_equal(s.max_lag_us, 0);
+
+    memset(&s, 0xab, sizeof s);
+    memset(&pattern, 0xab, sizeof pattern);
+    ioloop_get_stats(NULL, &s);
+    assert_memory_equal(&s, &pattern, sizeof s);
+    ioloop_get_stats(loop, NULL);
+    ioloop_get_stats(NULL, NULL);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+struct iter_ctx {
+    uint64_t seen[4];
+    int n;
+};
+
+static void iter_timer(ioloop_t *loop, void *arg)
+{
+    struct iter_ctx *c = arg;
+    ioloop_stats_t s;
+
+    get_stats(loop, &s);
+    c->seen[c->n++] = s.iterations;
+    if (c->n < 4)
+        ioloop_run_after(loop, 0, iter_timer, c);
+    else
+        ioloop_stop(loop);
+}
+
+static void test_loop_stats_iterations(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct iter_ctx c = { 0 };
+    ioloop_stats_t s;
+    uint64_t first;
+
+    (void)state;
+    assert_non_null(loop);
+    /* A timer scheduled from a timer runs in a later iteration: each sees a larger count. */
+    assert_true(ioloop_run_after(loop, 0, iter_timer, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.n, 4);
+    assert_true(c.seen[0] >= 1);
+    for (int i = 1; i < 4; i++)
+        assert_true(c.seen[i] > c.seen[i - 1]);
+    get_stats(loop, &s);
+    assert_true(s.iterations >= c.seen[3]);
+    first = s.iterations;
+
+    c.n = 0;
+    assert_true(ioloop_run_after(loop, 0, iter_timer, &c) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    get_stats(loop, &s);
+    assert_true(s.iterations >= first + 4);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void read_remove_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    char b;
+
+    (void)events;
+    ++*(int *)arg;
+    if (read(fd, &b, 1) != 1)
+        ++*(int *)arg;
+    ioloop_remove_handler(loop, fd);
+}
+
+static void test_loop_stats_handlers_and_io_events(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    ioloop_stats_t s;
+    int p[3][2], calls = 0, callbacks = 0, stops = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    for (int i = 0; i < 3; i++)
+        make_pipe(p[i]);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(ioloop_add_handler(loop, p[i][0], IOLOOP_READ, read_remove_handler,
+                                            &calls), 0);
+        get_stats(loop, &s);
+        assert_int_equal(s.handlers, (uint64_t)i + 1);
+    }
+    assert_int_equal(ioloop_add_handler(loop, p[0][0], IOLOOP_READ, read_remove_handler, &calls),
+                     -EEXIST);
+    assert_int_equal(ioloop_remove_handler(loop, p[2][0]), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.handlers, 2);
+    assert_int_equal(s.io_events, 0);
+
+    /* Two application events; the loop's own eventfd and timerfd events do not count. */
+    write_byte(p[0][1]);
+    write_byte(p[1][1]);
+    write_byte(p[2][1]);
+    assert_int_equal(ioloop_add_callback(loop, count_cb, &callbacks), 0);
+    assert_true(ioloop_run_after(loop, 10, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(calls, 2);
+    assert_int_equal(callbacks, 1);
+    assert_int_equal(stops, 1);
+    get_stats(loop, &s);
+    assert_int_equal(s.io_events, 2);
+    assert_int_equal(s.handlers, 0);
+
+    ioloop_free(loop);
+    for (int i = 0; i < 3; i++) {
+        close_fd(p[i][0]);
+        close_fd(p[i][1]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
+struct tick_ctx {
+    int64_t id;
+    int ticks;
+    int rc_cancel;
+};
+
+static void tick_timer(ioloop_t *loop, void *arg)
+{
+    struct tick_ctx *t = arg;
+
+    if (++t->ticks == 3) {
+        t->rc_cancel = ioloop_cancel_timer(loop, t->id);
+        ioloop_stop(loop);
+    }
+}
+
+static void test_loop_stats_timers(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct tick_ctx t = { .rc_cancel = 1 };
+    ioloop_stats_t s;
+    int64_t later, every;
+    int fired = 0, stops = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_true(ioloop_run_after(loop, 0, count_cb, &fired) > 0);
+    assert_true(ioloop_run_after(loop, 0, count_cb, &fired) > 0);
+    later = ioloop_run_after(loop, NEVER_MS, count_cb, &fired);
+    every = ioloop_run_every(loop, NEVER_MS, count_cb, &fired);
+    assert_true(later > 0);
+    assert_true(every > 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_pending, 4);
+    assert_int_equal(s.timers_fired, 0);
+    assert_int_equal(ioloop_cancel_timer(loop, later), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_pending, 3);
+
+    assert_true(ioloop_run_after(loop, 5, stop_cb, &stops) > 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_pending, 4);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(fired, 2);
+    assert_int_equal(stops, 1);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_fired, 3);
+    assert_int_equal(s.timers_pending, 1);
+    assert_int_equal(ioloop_cancel_timer(loop, every), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_pending, 0);
+    assert_int_equal(s.timers_fired, 3);
+
+    /* Each tick of a repeating timer counts. */
+    t.id = ioloop_run_every(loop, 1, tick_timer, &t);
+    assert_true(t.id > 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_pending, 1);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(t.ticks, 3);
+    assert_int_equal(t.rc_cancel, 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.timers_fired, 6);
+    assert_int_equal(s.timers_pending, 0);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+#define BURST 100
+
+struct burst_ctx {
+    ioloop_t *loop;
+    int *counter;
+    atomic_int failures;
+};
+
+static void *burst_thread(void *arg)
+{
+    struct burst_ctx *b = arg;
+
+    for (int i = 0; i < BURST; i++)
+        if (ioloop_add_callback(b->loop, count_cb, b->counter) != 0)
+            atomic_fetch_add(&b->failures, 1);
+    return NULL;
+}
+
+static void test_loop_stats_callbacks_and_wakeups(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct burst_ctx b;
+    ioloop_stats_t s;
+    pthread_t thread;
+    int counter = 0, stops = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    b.loop = loop;
+    b.counter = &counter;
+    atomic_init(&b.failures, 0);
+    /* A burst from another thread before the loop runs: one eventfd write, not BURST. */
+    assert_int_equal(pthread_create(&thread, NULL, burst_thread, &b), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(atomic_load(&b.failures), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.callbacks_pending, BURST);
+    assert_int_equal(s.callbacks_run, 0);
+    assert_int_equal(s.wakeups, 1);
+
+    assert_int_equal(ioloop_add_callback(loop, stop_cb, &stops), 0);
+    get_stats(loop, &s);
+    assert_int_equal(s.callbacks_pending, BURST + 1);
+    assert_int_equal(s.wakeups, 1);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(counter, BURST);
+    assert_int_equal(stops, 1);
+    get_stats(loop, &s);
+    assert_int_equal(s.callbacks_run, BURST + 1);
+    assert_int_equal(s.callbacks_pending, 0);
+
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void busy_cb(ioloop_t *loop, void *arg)
+{
+    (void)loop;
+    (void)arg;
+    spin_us(20000);
+}
+
+static void test_loop_stats_max_lag(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    ioloop_stats_t s;
+    int stops = 0;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_int_equal(ioloop_add_callback(loop, busy_cb, NULL), 0);
+    assert_true(ioloop_run_after(loop, 1, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+    get_stats(loop, &s);
+    assert_true(s.max_lag_us >= 20000);
+    /* It is a running maximum: an idle run after it keeps it. */
+    assert_true(ioloop_run_after(loop, 1, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    get_stats(loop, &s);
+    assert_true(s.max_lag_us >= 20000);
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_loop_new_free_restores_fds),
+        cmocka_unit_test(test_loop_new_fds_are_cloexec),
+        cmocka_unit_test(test_loop_free_drops_registrations_keeps_app_fds),
+        cmocka_unit_test(test_loop_add_handler_errors),
+        cmocka_unit_test(test_loop_update_remove_errors),
+        cmocka_unit_test(test_loop_remove_negative_fd_enoent),
+        cmocka_unit_test(test_loop_read_delivered),
+        cmocka_unit_test(test_loop_write_delivered),
+        cmocka_unit_test(test_loop_update_switches_interest),
+        cmocka_unit_test(test_loop_pipe_writer_close_delivered),
+        cmocka_unit_test(test_loop_pipe_reader_close_delivered),
+        cmocka_unit_test(test_loop_socket_shutdown_is_read),
+        cmocka_unit_test(test_loop_many_socketpairs),
+        cmocka_unit_test(test_loop_high_fd_number),
+        cmocka_unit_test(test_loop_removed_handler_skips_batch_event),
+        cmocka_unit_test(test_loop_reused_fd_skips_batch_event),
+        cmocka_unit_test(test_loop_update_skips_excluded_batch_event),
+        cmocka_unit_test(test_loop_handler_changes_handlers),
+        cmocka_unit_test(test_loop_stop_from_callback),
+        cmocka_unit_test(test_loop_stop_before_start),
+        cmocka_unit_test(test_loop_stop_idempotent),
+        cmocka_unit_test(test_loop_restart),
+        cmocka_unit_test(test_loop_start_reentrant_ebusy),
+        cmocka_unit_test(test_loop_stop_from_other_thread),
+        cmocka_unit_test(test_loop_start_stop_null),
+        cmocka_unit_test(test_loop_wrong_thread_eperm),
+        cmocka_unit_test(test_loop_in_loop_thread_and_current),
+        cmocka_unit_test(test_loop_now_ms),
+        cmocka_unit_test(test_loop_stats_fresh_and_null),
+        cmocka_unit_test(test_loop_stats_iterations),
+        cmocka_unit_test(test_loop_stats_handlers_and_io_events),
+        cmocka_unit_test(test_loop_stats_timers),
+        cmocka_unit_test(test_loop_stats_callbacks_and_wakeups),
+        cmocka_unit_test(test_loop_stats_max_lag),
+    };
+    struct rlimit rl;
+
+    /* The many-fds and high-fd tests need the soft fd limit raised to the hard one. */
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
