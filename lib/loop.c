@@ -262,7 +262,6 @@ static size_t run_deferred(ioloop_t *loop)
 
     loop->deferred = NULL;
     loop->deferred_tail = &loop->deferred;
-    pthread_mutex_init(&loop->conns_lock, NULL);
     while (node != NULL) {
         struct ioloop_deferred *next = node->next; /* fn may free the node */
 
