@@ -5,6 +5,7 @@
 #ifndef IOLOOP_H
 #define IOLOOP_H
 
+#include <ioloop/log.h>
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
 #include <ioloop/server.h>

@@ -104,13 +104,19 @@ static void on_backoff_over(ioloop_t *loop, void *arg)
         ioloop_run_after(loop, BACKOFF_MS, on_backoff_over, a);
 }
 
-/* Out of fds: shed the pending connection with the reserve fd and back off. */
+/* Out of fds: shed the pending connection with the reserve fd and back off. The kernel
+ * checks for a free fd before it looks at the backlog, so the failure may also mean "nothing
+ * pending": then there is nothing to shed and no reason to pause. */
 static void shed_and_back_off(struct ioloop_acceptor *a, int err)
 {
     int fd;
 
     close(a->reserve_fd);
     fd = accept(a->fd, NULL, NULL);
+    if (fd < 0 && errno == EAGAIN) {
+        a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        return;
+    }
     if (fd >= 0) {
         close(fd);
         a->shed++;
