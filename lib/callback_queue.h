@@ -23,18 +23,26 @@ enum ioloop_cbq_state {
     IOLOOP__CBQ_STOPPED,        /* a start returned because of a stop; closed until restart */
 };
 
+/* The cache line size: the producers' fields and the loop's own are kept this far apart. */
+#define IOLOOP__CACHE_LINE 64
+
 struct ioloop_cbq {
+    /* Shared with posting threads. */
     atomic_int lock;
     _Atomic int state;             /* enum ioloop_cbq_state; written under the lock */
     _Atomic size_t len;            /* queued callbacks; written under the lock */
     bool wake_pending;             /* an eventfd write is outstanding; under the lock */
     struct ioloop_cbq_item *items; /* producers append here, under the lock */
     size_t cap;
-    struct ioloop_cbq_item *spare; /* the loop's array, swapped with items by each drain */
-    size_t spare_cap;
-    bool due;                      /* the eventfd fired this iteration (loop thread) */
     _Atomic int waking;            /* threads between deciding to wake and their write */
     int efd;
+    /* Padding, not _Alignas: the loop is calloc'd, aligned for max_align_t only. It keeps the
+     * loop's fields below off the line producers write, so draining does not bounce it. */
+    char pad[IOLOOP__CACHE_LINE];
+    /* The loop thread's own. */
+    struct ioloop_cbq_item *spare; /* the loop's array, swapped with items by each drain */
+    size_t spare_cap;
+    bool due;                      /* the eventfd fired this iteration */
 };
 
 int ioloop__cbq_init(ioloop_t *loop);

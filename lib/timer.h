@@ -10,7 +10,6 @@
 
 struct ioloop_timer;
 struct ioloop_timer_node;
-struct ioloop_timer_due;
 
 struct ioloop_timers {
     int tfd;                            /* the loop's timerfd */
@@ -18,11 +17,9 @@ struct ioloop_timers {
     uint32_t nslots;                    /* slots ever handed out */
     uint32_t slots_cap;
     uint32_t free_head;                 /* first free slot, or UINT32_MAX */
-    struct ioloop_timer_node *heap;     /* min-heap by (deadline, seq) */
+    struct ioloop_timer_node *heap;     /* 4-ary min-heap by (deadline, seq) */
     uint32_t heap_len;
     uint32_t heap_cap;
-    struct ioloop_timer_due *due;       /* the batch being run */
-    uint32_t due_cap;
     bool fired;                         /* the timerfd reported expiry this iteration */
     uint64_t next_seq;                  /* tie-break: scheduling order */
     uint64_t batch_seq;                 /* next_seq when this iteration began to wait */
