@@ -90,7 +90,7 @@ static void on_signal(ioloop_t *loop, int signo, void *arg)
 
 static void on_time_up(ioloop_t *loop, void *arg)
 {
-    fprintf(stderr, "%u seconds: stopping\n", *(const unsigned *)arg);
+    fprintf(stderr, "%u s elapsed: stopping\n", *(const unsigned *)arg);
     ioloop_stop(loop);
 }
 

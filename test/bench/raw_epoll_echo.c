@@ -1,6 +1,6 @@
 /*
  * raw_epoll_echo — a hand-written, single-threaded epoll echo server: the practical limit
- * that ioloop's echo_server with one loop is measured against (test/bench/pingpong.sh).
+ * that ioloop's echo_server with one loop is measured against (test/bench/suite_pingpong.sh).
  *
  * Level-triggered. The listener is non-blocking and accepts until EAGAIN (TCP_NODELAY on
  * every connection, as ioloop's acceptor does). A readable connection gets one read() into a
