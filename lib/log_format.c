@@ -103,6 +103,8 @@ struct out {
 
 static void put(struct out *o, const char *s, size_t n)
 {
+    if (n == 0)
+        return; /* s may be NULL then, and memcpy must not see a NULL even for 0 bytes */
     if (o->len < o->cap) {
         size_t k = o->cap - o->len < n ? o->cap - o->len : n;
 
