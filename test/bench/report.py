@@ -107,7 +107,8 @@ set boxwidth 0.7
 set yrange [-1:{len(chart)}]
 set ytics nomirror
 set grid x
-set xlabel "ratio"
+set xlabel "ratio (log scale)"
+set logscale x 2
 unset key
 set arrow from 1, graph 0 to 1, graph 1 nohead lw 2 lc rgb "#aa0000"
 plot "{data}" using (0.5*$3):1:(0.5*$3):(0.35):ytic(2) with boxxyerrorbars lc rgb "#3070b0"
