@@ -68,6 +68,19 @@ static bool is_live(const ioloop_conn_t *conn)
     return conn->state == IOLOOP__CONN_CONNECTING || conn->state == IOLOOP__CONN_OPEN;
 }
 
+/* The checks every loop-thread entry point makes: 0, or -EINVAL (NULL), -EPERM (another
+ * thread while the loop runs), -EPIPE (closing or closed). */
+static int usable(const ioloop_conn_t *conn)
+{
+    int err;
+
+    if (conn == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(conn->loop)) < 0)
+        return err;
+    return is_live(conn) ? 0 : -EPIPE;
+}
+
 static void touch(ioloop_conn_t *conn)
 {
     conn->last_active_us = conn->loop->now_us;
@@ -251,12 +264,10 @@ int ioloop_conn_write(ioloop_conn_t *conn, const void *data, size_t len)
     size_t sent = 0;
     int err;
 
-    if (conn == NULL || (data == NULL && len > 0))
+    if (data == NULL && len > 0)
         return -EINVAL;
-    if ((err = ioloop__check_thread(conn->loop)) < 0)
+    if ((err = usable(conn)) < 0)
         return err;
-    if (!is_live(conn))
-        return -EPIPE;
     if (len == 0)
         return 0;
 
@@ -356,7 +367,7 @@ int ioloop__conn_open(ioloop_conn_t *conn)
 
 void ioloop_conn_close(ioloop_conn_t *conn)
 {
-    if (conn == NULL || ioloop__check_thread(conn->loop) < 0 || !is_live(conn))
+    if (usable(conn) < 0)
         return;
     if (conn->state == IOLOOP__CONN_OPEN && ioloop__buffer_len(&conn->out) == 0) {
         finish(conn, 0);
@@ -374,12 +385,8 @@ int ioloop_conn_pause(ioloop_conn_t *conn)
 {
     int err;
 
-    if (conn == NULL)
-        return -EINVAL;
-    if ((err = ioloop__check_thread(conn->loop)) < 0)
+    if ((err = usable(conn)) < 0)
         return err;
-    if (!is_live(conn))
-        return -EPIPE;
     conn->paused = true;
     watch(conn);
     return 0;
@@ -389,12 +396,8 @@ int ioloop_conn_resume(ioloop_conn_t *conn)
 {
     int err;
 
-    if (conn == NULL)
-        return -EINVAL;
-    if ((err = ioloop__check_thread(conn->loop)) < 0)
+    if ((err = usable(conn)) < 0)
         return err;
-    if (!is_live(conn))
-        return -EPIPE;
     if (!conn->paused)
         return 0;
     conn->paused = false;
@@ -429,12 +432,8 @@ int ioloop_conn_set_idle_timeout(ioloop_conn_t *conn, uint64_t ms)
     int64_t timer = 0;
     int err;
 
-    if (conn == NULL)
-        return -EINVAL;
-    if ((err = ioloop__check_thread(conn->loop)) < 0)
+    if ((err = usable(conn)) < 0)
         return err;
-    if (!is_live(conn))
-        return -EPIPE;
     if (ms > 0 && (timer = ioloop_run_after(conn->loop, ms, on_idle_timer, conn)) < 0)
         return (int)timer;
     if (conn->idle_timer > 0)

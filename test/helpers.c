@@ -2,7 +2,9 @@
 #include "helpers.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 int test_count_fds(void)
@@ -46,4 +48,58 @@ int test_loop_thread_join(test_loop_thread_t *t)
 {
     pthread_join(t->thread, NULL);
     return t->start_rc;
+}
+
+static void *watchdog_main(void *arg)
+{
+    test_watchdog_t *w = arg;
+    struct timespec deadline;
+
+    clock_gettime(CLOCK_MONOTONIC, &deadline);
+    deadline.tv_sec += (time_t)(w->timeout_ms / 1000);
+    deadline.tv_nsec += (long)(w->timeout_ms % 1000) * 1000000L;
+    if (deadline.tv_nsec >= 1000000000L) {
+        deadline.tv_sec++;
+        deadline.tv_nsec -= 1000000000L;
+    }
+    pthread_mutex_lock(&w->mutex);
+    while (!w->disarmed) {
+        if (pthread_cond_timedwait(&w->cond, &w->mutex, &deadline) == ETIMEDOUT) {
+            if (!w->disarmed) {
+                w->fired = 1;
+                ioloop_stop(w->loop);
+            }
+            break;
+        }
+    }
+    pthread_mutex_unlock(&w->mutex);
+    return NULL;
+}
+
+void test_watchdog_arm(test_watchdog_t *w, ioloop_t *loop, uint64_t timeout_ms)
+{
+    pthread_condattr_t attr;
+
+    memset(w, 0, sizeof(*w));
+    w->loop = loop;
+    w->timeout_ms = timeout_ms;
+    pthread_mutex_init(&w->mutex, NULL);
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cond, &attr);
+    pthread_condattr_destroy(&attr);
+    if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0)
+        abort();
+}
+
+int test_watchdog_disarm(test_watchdog_t *w)
+{
+    pthread_mutex_lock(&w->mutex);
+    w->disarmed = 1;
+    pthread_cond_signal(&w->cond);
+    pthread_mutex_unlock(&w->mutex);
+    pthread_join(w->thread, NULL);
+    pthread_cond_destroy(&w->cond);
+    pthread_mutex_destroy(&w->mutex);
+    return w->fired;
 }

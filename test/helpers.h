@@ -26,4 +26,20 @@ typedef struct test_loop_thread {
 void test_loop_thread_start(test_loop_thread_t *t, ioloop_t *loop);
 int test_loop_thread_join(test_loop_thread_t *t);
 
+/* Stops a loop from another thread if it is still running timeout_ms after arming, so a test
+ * whose loop would hang fails instead. */
+typedef struct test_watchdog {
+    ioloop_t *loop;
+    uint64_t timeout_ms;
+    pthread_t thread;
+    pthread_mutex_t mutex;
+    pthread_cond_t cond;
+    int disarmed; /* under mutex */
+    int fired;    /* written by the watchdog thread, read after the join */
+} test_watchdog_t;
+
+void test_watchdog_arm(test_watchdog_t *w, ioloop_t *loop, uint64_t timeout_ms);
+/* Returns 1 if the watchdog had to stop the loop. */
+int test_watchdog_disarm(test_watchdog_t *w);
+
 #endif /* IOLOOP_TEST_HELPERS_H */

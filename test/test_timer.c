@@ -51,80 +51,15 @@
 
 /* ---- Helpers ---------------------------------------------------------------------------- */
 
-/* Stops a loop from another thread if it is still running after timeout_ms. */
-typedef struct watchdog {
-    ioloop_t *loop;
-    uint64_t timeout_ms;
-    pthread_t thread;
-    pthread_mutex_t mutex;
-    pthread_cond_t cond;
-    int disarmed; /* under mutex */
-    int fired;    /* written by the watchdog thread, read after the join */
-} watchdog_t;
-
-static void *watchdog_main(void *arg)
-{
-    watchdog_t *w = arg;
-    struct timespec deadline;
-
-    clock_gettime(CLOCK_MONOTONIC, &deadline);
-    deadline.tv_sec += (time_t)(w->timeout_ms / 1000);
-    deadline.tv_nsec += (long)(w->timeout_ms % 1000) * 1000000L;
-    if (deadline.tv_nsec >= 1000000000L) {
-        deadline.tv_sec++;
-        deadline.tv_nsec -= 1000000000L;
-    }
-    pthread_mutex_lock(&w->mutex);
-    while (!w->disarmed) {
-        if (pthread_cond_timedwait(&w->cond, &w->mutex, &deadline) == ETIMEDOUT) {
-            if (!w->disarmed) {
-                w->fired = 1;
-                ioloop_stop(w->loop);
-            }
-            break;
-        }
-    }
-    pthread_mutex_unlock(&w->mutex);
-    return NULL;
-}
-
-static void watchdog_arm(watchdog_t *w, ioloop_t *loop, uint64_t timeout_ms)
-{
-    pthread_condattr_t attr;
-
-    memset(w, 0, sizeof(*w));
-    w->loop = loop;
-    w->timeout_ms = timeout_ms;
-    pthread_mutex_init(&w->mutex, NULL);
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&w->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    if (pthread_create(&w->thread, NULL, watchdog_main, w) != 0)
-        abort();
-}
-
-/* Returns 1 if the watchdog had to stop the loop. */
-static int watchdog_disarm(watchdog_t *w)
-{
-    pthread_mutex_lock(&w->mutex);
-    w->disarmed = 1;
-    pthread_cond_signal(&w->cond);
-    pthread_mutex_unlock(&w->mutex);
-    pthread_join(w->thread, NULL);
-    pthread_cond_destroy(&w->cond);
-    pthread_mutex_destroy(&w->mutex);
-    return w->fired;
-}
 
 /* Runs the loop in this thread under a watchdog; fails the test if the watchdog fired. */
 static void run_loop(ioloop_t *loop)
 {
-    watchdog_t w;
+    test_watchdog_t w;
 
-    watchdog_arm(&w, loop, WATCHDOG_MS);
+    test_watchdog_arm(&w, loop, WATCHDOG_MS);
     assert_int_equal(ioloop_start(loop), 0);
-    assert_false(watchdog_disarm(&w));
+    assert_false(test_watchdog_disarm(&w));
 }
 
 static void busy_wait_us(uint64_t us)
