@@ -1,7 +1,16 @@
 /* Shared helpers for the cmocka tests; see helpers.h. */
 #include "helpers.h"
 
+/* cmocka's header needs these first. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+
+#include <cmocka.h>
 #include <dirent.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,4 +111,46 @@ int test_watchdog_disarm(test_watchdog_t *w)
     pthread_cond_destroy(&w->cond);
     pthread_mutex_destroy(&w->mutex);
     return w->fired;
+}
+
+int test_wait_fd(int fd, short events, int timeout_ms)
+{
+    struct pollfd pfd = {.fd = fd, .events = events};
+    int n;
+
+    do
+        n = poll(&pfd, 1, timeout_ms);
+    while (n < 0 && errno == EINTR);
+    assert_true(n >= 0);
+    return n;
+}
+
+void test_read_exact(int fd, char *buf, size_t len)
+{
+    size_t got = 0;
+
+    while (got < len) {
+        ssize_t n;
+
+        assert_int_equal(test_wait_fd(fd, POLLIN, TEST_WAIT_MS), 1);
+        n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n > 0);
+        got += (size_t)n;
+    }
+}
+
+void test_write_all(int fd, const void *data, size_t len)
+{
+    size_t done = 0;
+
+    while (done < len) {
+        ssize_t n = send(fd, (const char *)data + done, len - done, MSG_NOSIGNAL);
+
+        if (n < 0 && errno == EINTR)
+            continue;
+        assert_true(n > 0);
+        done += (size_t)n;
+    }
 }

@@ -6,6 +6,7 @@
 #define IOLOOP_TEST_HELPERS_H
 
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <ioloop.h>
@@ -25,6 +26,17 @@ typedef struct test_loop_thread {
 
 void test_loop_thread_start(test_loop_thread_t *t, ioloop_t *loop);
 int test_loop_thread_join(test_loop_thread_t *t);
+
+/* Socket helpers for blocking peers in tests; each wait is bounded by TEST_WAIT_MS and a
+ * failure fails the running cmocka test. */
+#define TEST_WAIT_MS 10000
+
+/* poll() for events on fd, retrying on EINTR; returns what poll returned (0: timed out). */
+int test_wait_fd(int fd, short events, int timeout_ms);
+/* Reads exactly len bytes. */
+void test_read_exact(int fd, char *buf, size_t len);
+/* Sends all len bytes (MSG_NOSIGNAL). */
+void test_write_all(int fd, const void *data, size_t len);
 
 /* Stops a loop from another thread if it is still running timeout_ms after arming, so a test
  * whose loop would hang fails instead. */

@@ -86,18 +86,6 @@ static bool pattern_matches(const char *buf, size_t offset, size_t len)
     return true;
 }
 
-static int wait_fd(int fd, short events, int timeout_ms)
-{
-    struct pollfd pfd = { .fd = fd, .events = events };
-    int n;
-
-    do
-        n = poll(&pfd, 1, timeout_ms);
-    while (n < 0 && errno == EINTR);
-    assert_true(n >= 0);
-    return n;
-}
-
 static void set_nonblocking(int fd)
 {
     int flags = fcntl(fd, F_GETFL);
@@ -126,27 +114,10 @@ static int accept_peer(int lfd)
 {
     int fd;
 
-    assert_int_equal(wait_fd(lfd, POLLIN, WAIT_MS), 1);
+    assert_int_equal(test_wait_fd(lfd, POLLIN, WAIT_MS), 1);
     fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
     assert_true(fd >= 0);
     return fd;
-}
-
-/* Reads exactly len bytes (blocking fd, each read bounded by WAIT_MS). */
-static void read_exact(int fd, char *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n;
-
-        assert_int_equal(wait_fd(fd, POLLIN, WAIT_MS), 1);
-        n = read(fd, buf + got, len - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
 }
 
 /* Expects end of stream next: read returns 0 (or the connection was reset). */
@@ -155,23 +126,9 @@ static void expect_eof(int fd)
     char c;
     ssize_t n;
 
-    assert_int_equal(wait_fd(fd, POLLIN, WAIT_MS), 1);
+    assert_int_equal(test_wait_fd(fd, POLLIN, WAIT_MS), 1);
     n = read(fd, &c, 1);
     assert_true(n == 0 || (n < 0 && errno == ECONNRESET));
-}
-
-static void write_all(int fd, const void *data, size_t len)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = send(fd, (const char *)data + done, len - done, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        done += (size_t)n;
-    }
 }
 
 /*
@@ -626,7 +583,7 @@ static void test_conn_partial_consumption(void **state)
     assert_true(rec_wait_int(&r, &r.opens, 1));
 
     for (size_t i = 0, off = 0; i < npieces; off += pieces[i], i++) {
-        write_all(peer, stream + off, pieces[i]);
+        test_write_all(peer, stream + off, pieces[i]);
         assert_true(rec_wait_int(&r, &r.datas, (int)i + 1));
     }
     /* The peer's EOF with nothing pending is an orderly close. */
@@ -679,9 +636,9 @@ static void test_conn_consume_more_than_len(void **state)
     rec_init(&r, e.loop);
     rec_connect(&r, e.address, &handlers);
     peer = accept_peer(e.lfd);
-    write_all(peer, "abc", 3);
+    test_write_all(peer, "abc", 3);
     assert_true(rec_wait_int(&r, &r.datas, 1));
-    write_all(peer, "de", 2);
+    test_write_all(peer, "de", 2);
     assert_true(rec_wait_int(&r, &r.datas, 2));
     close(peer);
     assert_true(rec_wait_int(&r, &r.closes, 1));
@@ -708,7 +665,7 @@ static void read_pattern(int fd, size_t len)
 
         if (want > len - off)
             want = len - off;
-        read_exact(fd, buf, want);
+        test_read_exact(fd, buf, want);
         if (!pattern_matches(buf, off, want))
             fail_msg("byte mismatch in the %zu bytes at offset %zu", want, off);
         off += want;
@@ -833,7 +790,7 @@ static void test_conn_drain_after_pending_write(void **state)
     assert_true(rec_wait_int(&r, &r.opens, 1));
 
     /* A write the kernel takes at once: no on_drain. */
-    read_exact(peer, hi, 2);
+    test_read_exact(peer, hi, 2);
     assert_memory_equal(hi, "hi", 2);
     run_in_loop(e.loop, nothing_cb, NULL);
     assert_int_equal(rec_get(&r, &r.rc[0]), 0);
@@ -1047,8 +1004,8 @@ static void test_conn_idle_timeout_kept_alive(void **state)
     start = test_now_us();
     for (int i = 0; i < 15; i++) {
         last_send = test_now_us();
-        write_all(peer, "k", 1);
-        assert_int_equal(wait_fd(peer, POLLIN, 20), 0);
+        test_write_all(peer, "k", 1);
+        assert_int_equal(test_wait_fd(peer, POLLIN, 20), 0);
     }
     assert_true(test_now_us() - start >= 300000);
     assert_int_equal(rec_get(&r, &r.closes), 0);
@@ -1102,7 +1059,7 @@ static void test_conn_idle_timeout_zero_disables(void **state)
     assert_int_equal(rec_get(&r, &r.rc[1]), 0);
 
     /* 150 ms of silence: the peer sees no close, and on_close has not run. */
-    assert_int_equal(wait_fd(peer, POLLIN, 150), 0);
+    assert_int_equal(test_wait_fd(peer, POLLIN, 150), 0);
     assert_int_equal(rec_get(&r, &r.closes), 0);
 
     run_in_loop(e.loop, close_conn_cb, &r);
@@ -1174,7 +1131,7 @@ static void test_conn_pause_resume(void **state)
         if (n > 0)
             sent += (size_t)n;
         else if (n < 0 && errno == EAGAIN)
-            blocked = wait_fd(peer, POLLOUT, 200) == 0;
+            blocked = test_wait_fd(peer, POLLOUT, 200) == 0;
         else
             assert_true(n < 0 && errno == EINTR);
     }
@@ -1424,7 +1381,7 @@ static void test_conn_write_before_open(void **state)
     assert_int_equal(req.early_pending, 6);
 
     peer = accept_peer(e.lfd);
-    read_exact(peer, buf, sizeof buf);
+    test_read_exact(peer, buf, sizeof buf);
     assert_memory_equal(buf, "early-late", sizeof buf);
     assert_true(rec_wait_int(&r, &r.opens, 1));
     assert_int_equal(rec_get(&r, &r.rc[0]), 0);
@@ -1463,7 +1420,7 @@ static void test_conn_close_before_open(void **state)
 
     /* Closed while connecting: it still connects, flushes, then closes. */
     peer = accept_peer(e.lfd);
-    read_exact(peer, buf, sizeof buf);
+    test_read_exact(peer, buf, sizeof buf);
     assert_memory_equal(buf, "bye", 3);
     expect_eof(peer);
     assert_true(rec_wait_int(&r, &r.closes, 1));
@@ -1526,7 +1483,7 @@ static void test_conn_close_in_on_data_not_nested(void **state)
     rec_init(&r, e.loop);
     rec_connect(&r, e.address, &handlers);
     peer = accept_peer(e.lfd);
-    write_all(peer, "abc", 3);
+    test_write_all(peer, "abc", 3);
     /* The peer gets a plain end of stream: no "x", no "y". */
     expect_eof(peer);
     assert_true(rec_wait_int(&r, &r.closes, 1));
@@ -1972,12 +1929,12 @@ static void test_conn_wrong_thread_eperm(void **state)
     assert_int_equal(errno, EPERM);
 
     /* Still open, reading (not paused) and without an idle timeout: an echo comes back. */
-    write_all(peer, "ping", 4);
-    read_exact(peer, buf, 4);
+    test_write_all(peer, "ping", 4);
+    test_read_exact(peer, buf, 4);
     assert_memory_equal(buf, "ping", 4);
     assert_int_equal(rec_get(&r, &r.closes), 0);
     /* The refused connect made no connection. */
-    assert_int_equal(wait_fd(e.lfd, POLLIN, 0), 0);
+    assert_int_equal(test_wait_fd(e.lfd, POLLIN, 0), 0);
 
     /* "BAD" was never sent: after the echo comes the end of the stream. */
     run_in_loop(e.loop, close_conn_cb, &r);

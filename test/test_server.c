@@ -85,55 +85,13 @@ static void fill_stream(char *buf, unsigned client, size_t offset, size_t len)
         buf[i] = (char)stream_byte(client, offset + i);
 }
 
-static int wait_fd(int fd, short events, int timeout_ms)
-{
-    struct pollfd pfd = { .fd = fd, .events = events };
-    int n;
-
-    do
-        n = poll(&pfd, 1, timeout_ms);
-    while (n < 0 && errno == EINTR);
-    assert_true(n >= 0);
-    return n;
-}
-
-static void read_exact(int fd, char *buf, size_t len)
-{
-    size_t got = 0;
-
-    while (got < len) {
-        ssize_t n;
-
-        assert_int_equal(wait_fd(fd, POLLIN, WAIT_MS), 1);
-        n = read(fd, buf + got, len - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        got += (size_t)n;
-    }
-}
-
-static void write_all(int fd, const void *data, size_t len)
-{
-    size_t done = 0;
-
-    while (done < len) {
-        ssize_t n = send(fd, (const char *)data + done, len - done, MSG_NOSIGNAL);
-
-        if (n < 0 && errno == EINTR)
-            continue;
-        assert_true(n > 0);
-        done += (size_t)n;
-    }
-}
-
 /* Expects the end of the stream: read returns 0, or the connection was reset. */
 static void expect_eof(int fd)
 {
     char c;
     ssize_t n;
 
-    assert_int_equal(wait_fd(fd, POLLIN, WAIT_MS), 1);
+    assert_int_equal(test_wait_fd(fd, POLLIN, WAIT_MS), 1);
     n = read(fd, &c, 1);
     assert_true(n == 0 || (n < 0 && errno == ECONNRESET));
 }
@@ -473,14 +431,14 @@ static void test_server_port_and_start_once(void **state)
     /* It listens already: a client connects (into the backlog), but nothing is accepted. */
     fd = connect_tcp4(port);
     assert_true(fd >= 0);
-    write_all(fd, "ping", 4);
-    assert_int_equal(wait_fd(fd, POLLIN, 100), 0);
+    test_write_all(fd, "ping", 4);
+    assert_int_equal(test_wait_fd(fd, POLLIN, 100), 0);
     assert_int_equal(srv_get(&s, &s.opens), 0);
 
     assert_int_equal(ioloop_server_start(server), 0);
     assert_int_equal(ioloop_server_start(server), -EALREADY);
     assert_int_equal(ioloop_server_port(server), port);
-    read_exact(fd, buf, 4);
+    test_read_exact(fd, buf, 4);
     assert_memory_equal(buf, "ping", 4);
     assert_true(srv_wait(&s, &s.opens, 1));
     assert_int_equal(ioloop_server_start(server), -EALREADY);
@@ -646,7 +604,7 @@ static void connect_introduced(struct srv *s, int port, int *fd, int n)
         fd[i] = connect_tcp4(port);
         assert_true(fd[i] >= 0);
         snprintf(intro, sizeof intro, "C%02d\n", i);
-        write_all(fd[i], intro, 4);
+        test_write_all(fd[i], intro, 4);
     }
     assert_true(srv_wait(s, &s->datas, n));
     pthread_mutex_lock(&s->lock);
@@ -694,7 +652,7 @@ static void test_server_send_from_other_thread(void **state)
     for (int i = 0; i < SEND_CLIENTS; i++) {
         snprintf(msg, sizeof msg, "hello client %02d", i);
         memset(buf, 0, sizeof buf);
-        read_exact(fd[i], buf, strlen(msg));
+        test_read_exact(fd[i], buf, strlen(msg));
         assert_string_equal(buf, msg);
     }
 
@@ -706,7 +664,7 @@ static void test_server_send_from_other_thread(void **state)
     fill_stream(big, 1, 0, SEND_BIG);
     assert_int_equal(ioloop_server_send(server, srv_id(&s, 1), big, SEND_BIG), 0);
     memset(big, 0, SEND_BIG);
-    read_exact(fd[1], got, SEND_BIG);
+    test_read_exact(fd[1], got, SEND_BIG);
     fill_stream(big, 1, 0, SEND_BIG);
     assert_memory_equal(got, big, SEND_BIG);
     free(big);
@@ -731,7 +689,7 @@ static void test_server_send_from_other_thread(void **state)
     for (int i = 0; i < SEND_CLIENTS; i++) {
         snprintf(msg, sizeof msg, "end %02d", i);
         memset(buf, 0, sizeof buf);
-        read_exact(fd[i], buf, strlen(msg));
+        test_read_exact(fd[i], buf, strlen(msg));
         assert_string_equal(buf, msg);
     }
 
@@ -745,7 +703,7 @@ static void test_server_send_from_other_thread(void **state)
     assert_int_equal(ioloop_server_send(server, srv_id(&s, 0), "x", 1), -ENOENT);
     /* The others are still served. */
     assert_int_equal(ioloop_server_send(server, srv_id(&s, 2), "ok", 2), 0);
-    read_exact(fd[2], buf, 2);
+    test_read_exact(fd[2], buf, 2);
     assert_memory_equal(buf, "ok", 2);
 
     for (int i = 1; i < SEND_CLIENTS; i++)
@@ -820,7 +778,7 @@ static void test_server_send_order_per_thread(void **state)
     }
 
     /* Every message arrives whole, each thread's in the order it sent them. */
-    read_exact(fd[1], stream, sizeof stream);
+    test_read_exact(fd[1], stream, sizeof stream);
     while (off < sizeof stream) {
         int t, n;
 
@@ -833,7 +791,7 @@ static void test_server_send_order_per_thread(void **state)
     for (int t = 0; t < SEND_THREADS; t++)
         assert_int_equal(next[t], SEND_MSGS);
     /* And client 0 got none of it. */
-    assert_int_equal(wait_fd(fd[0], POLLIN, 0), 0);
+    assert_int_equal(test_wait_fd(fd[0], POLLIN, 0), 0);
 
     close(fd[0]);
     close(fd[1]);
@@ -874,8 +832,8 @@ static void test_server_free_closes_connections(void **state)
         fd[i] = connect_tcp4(port);
         assert_true(fd[i] >= 0);
         /* An echo round trip: the server's side is open. */
-        write_all(fd[i], "x", 1);
-        read_exact(fd[i], buf, 1);
+        test_write_all(fd[i], "x", 1);
+        test_read_exact(fd[i], buf, 1);
     }
     assert_int_equal(srv_get(&s, &s.opens), FREE_CONNS);
     assert_int_equal(srv_get(&s, &s.closes), 0);
@@ -1202,7 +1160,7 @@ static void read_reports(int fd, int timeout_ms, int until, int *served, int *sh
 
         if (now >= end || (until > 0 && shed_here >= until))
             return;
-        if (wait_fd(fd, POLLIN, (int)((end - now + 999) / 1000)) == 0)
+        if (test_wait_fd(fd, POLLIN, (int)((end - now + 999) / 1000)) == 0)
             continue;
         n = read(fd, buf, sizeof buf);
         assert_true(n > 0);
@@ -1354,8 +1312,8 @@ static void test_server_fd_exhaustion_no_spin(void **state)
     exhausted_us = test_now_us() - lowered_at;
     fd = connect_tcp4(port);
     assert_true(fd >= 0);
-    write_all(fd, "ping", 4);
-    read_exact(fd, buf, 4);
+    test_write_all(fd, "ping", 4);
+    test_read_exact(fd, buf, 4);
     assert_memory_equal(buf, "ping", 4);
     close(fd);
 
