@@ -98,9 +98,7 @@ static void on_backoff_over(ioloop_t *loop, void *arg)
 {
     struct ioloop_acceptor *a = arg;
 
-    if (ioloop_add_handler(loop, a->fd, IOLOOP_READ, on_listen_fd, a) == 0)
-        a->paused = false;
-    else
+    if (ioloop_add_handler(loop, a->fd, IOLOOP_READ, on_listen_fd, a) < 0)
         ioloop_run_after(loop, BACKOFF_MS, on_backoff_over, a);
 }
 
@@ -124,7 +122,6 @@ static void shed_and_back_off(struct ioloop_acceptor *a, int err)
     a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
 
     ioloop_remove_handler(a->loop, a->fd);
-    a->paused = true;
     ioloop_run_after(a->loop, BACKOFF_MS, on_backoff_over, a);
 
     if (ioloop_now_ms(a->loop) >= a->next_warning_ms) {
@@ -166,7 +163,6 @@ static void on_listen_fd(ioloop_t *loop, int fd, int events, void *arg)
                 a->next_warning_ms = ioloop_now_ms(a->loop) + WARNING_INTERVAL_MS;
             }
             ioloop_remove_handler(loop, fd);
-            a->paused = true;
             ioloop_run_after(loop, BACKOFF_MS, on_backoff_over, a);
             return;
         }

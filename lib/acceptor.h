@@ -21,7 +21,6 @@ struct ioloop_acceptor {
     ioloop_t *loop;             /* the acceptor thread's loop */
     pthread_t thread;
     bool started;
-    bool paused;                /* not watching the listening fd (fd exhaustion backoff) */
     uint64_t shed;              /* connections shed since the last warning */
     uint64_t next_warning_ms;   /* warnings are rate-limited to one a second */
     void (*on_accept)(int fd, void *arg); /* in the acceptor thread; owns fd from then on */
