@@ -7,9 +7,12 @@
  * that finds the array full allocates a bigger one unlocked, then installs it if nobody swapped
  * or grew the array meanwhile. In the steady state nothing is allocated at all.
  *
- * Wakeups are coalesced. A producer writes the eventfd only if no write is outstanding since
- * the loop's last swap (wake_pending), so a burst of posts costs one write. Posts from the loop
- * thread itself need no write: the loop checks the queue before it waits.
+ * Wakeups are rare. A producer writes the eventfd only when the loop may be about to sleep:
+ * wake_pending is false only between the loop's last look at the queue before epoll_wait
+ * (ioloop__cbq_prepare_wait, under the lock) and the first write. While the loop is awake it
+ * keeps wake_pending true, since it looks at the queue again before it sleeps; so a loop kept
+ * busy by its producers is never written to at all, and a burst into a sleeping loop costs one
+ * write. Posts from the loop thread itself need no write either.
  *
  * The lock also orders posting against stopping: once ioloop_stop() has run, posts fail with
  * -ESHUTDOWN, so the loop can drain a queue that no longer grows before start() returns.
@@ -215,7 +218,7 @@ size_t ioloop__cbq_run(ioloop_t *loop)
     q->items = q->spare;
     q->cap = q->spare_cap;
     atomic_store_explicit(&q->len, 0, memory_order_relaxed);
-    q->wake_pending = false;
+    q->wake_pending = true; /* awake: prepare_wait looks at the queue before any sleep */
     spin_unlock(&q->lock);
 
     q->spare = batch;
@@ -227,9 +230,21 @@ size_t ioloop__cbq_run(ioloop_t *loop)
     return n;
 }
 
-bool ioloop__cbq_pending(const ioloop_t *loop)
+bool ioloop__cbq_prepare_wait(ioloop_t *loop)
 {
-    return atomic_load_explicit(&loop->cbq.len, memory_order_relaxed) > 0;
+    struct ioloop_cbq *q = &loop->cbq;
+    bool busy;
+
+    /* A queue seen non-empty is work: no need for the lock to decide not to sleep. */
+    if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0)
+        return true;
+    spin_lock(&q->lock);
+    busy = atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN;
+    if (!busy)
+        q->wake_pending = false; /* from here on, the next post writes the eventfd */
+    spin_unlock(&q->lock);
+    return busy;
 }
 
 void ioloop__cbq_begin(ioloop_t *loop)

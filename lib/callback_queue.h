@@ -31,7 +31,8 @@ struct ioloop_cbq {
     atomic_int lock;
     _Atomic int state;             /* enum ioloop_cbq_state; written under the lock */
     _Atomic size_t len;            /* queued callbacks; written under the lock */
-    bool wake_pending;             /* an eventfd write is outstanding; under the lock */
+    bool wake_pending;             /* no post needs to write the eventfd: one is outstanding,
+                                    * or the loop is awake; under the lock */
     struct ioloop_cbq_item *items; /* producers append here, under the lock */
     size_t cap;
     _Atomic int waking;            /* threads between deciding to wake and their write */
@@ -52,8 +53,10 @@ void ioloop__cbq_fini(ioloop_t *loop);
 size_t ioloop__cbq_run(ioloop_t *loop);
 /* The same, but certain to see every post that happened before it (it always locks). */
 size_t ioloop__cbq_drain(ioloop_t *loop);
-/* True if callbacks are waiting, so the loop must not block. */
-bool ioloop__cbq_pending(const ioloop_t *loop);
+/* Called right before the loop may block in epoll_wait: true if callbacks are queued or a stop
+ * was requested, so it must not block; otherwise the next post from another thread will write
+ * the eventfd. */
+bool ioloop__cbq_prepare_wait(ioloop_t *loop);
 /* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; the stop
  * is honoured (the queue was drained): posting stays closed until the next start. */
 void ioloop__cbq_begin(ioloop_t *loop);

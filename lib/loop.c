@@ -336,7 +336,7 @@ static void iterate(ioloop_t *loop)
 
     ioloop__timers_arm(loop);
     n = epoll_wait(loop->epfd, loop->events, loop->nevents,
-                   ioloop__cbq_pending(loop) || loop->deferred != NULL ? 0 : -1);
+                   loop->deferred != NULL || ioloop__cbq_prepare_wait(loop) ? 0 : -1);
     if (n < 0) {
         if (errno != EINTR)
             abort(); /* only EBADF, EFAULT or EINVAL remain: the loop is corrupt */

@@ -19,8 +19,9 @@ struct run {
     ioloop_t *loop;
     struct bench_xthread_args args;
     uint64_t expected;
-    uint64_t ran;       /* loop thread only, ... */
-    uint64_t end_ns;    /* ... as is the time the last callback ran */
+    /* Loop thread only, and on its own cache line: producers read the fields above on
+     * every post. end_ns: when the last callback ran. */
+    _Alignas(64) uint64_t ran, end_ns;
     _Atomic int go;
 };
 

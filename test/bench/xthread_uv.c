@@ -21,7 +21,9 @@ struct run {
     struct bench_queue queue;
     struct bench_xthread_args args;
     uint64_t expected;
-    uint64_t ran, drains, end_ns;   /* loop thread only */
+    /* Loop thread only, and on its own cache line: producers read the fields above on
+     * every post. */
+    _Alignas(64) uint64_t ran, drains, end_ns;
     _Atomic uint64_t sends;
     _Atomic int go;
 };
