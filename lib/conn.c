@@ -107,7 +107,7 @@ static void finish(ioloop_conn_t *conn, int err)
     conn->state = IOLOOP__CONN_DEAD;
     conn->err = err;
     if (conn->registered)
-        ioloop__handler_del(conn->loop, conn->fd);
+        ioloop__handler_del_now(conn->loop, conn->fd); /* on_reap() closes the fd */
     conn->registered = false;
     if (conn->idle_timer > 0)
         ioloop_cancel_timer(conn->loop, conn->idle_timer);

@@ -5,8 +5,21 @@
  *
  * Stale events. One epoll_wait returns a batch; a handler early in the batch may remove a
  * handler whose event is later in the same batch, close its fd, and even register the same fd
- * number again. Every registration bumps the slot's generation and the generation travels in
- * epoll_data beside the fd, so an event is delivered only if its generation is still the slot's.
+ * number again. A removal marks the slot REMOVED until the next wait, and events for a REMOVED
+ * slot are dropped: they were collected for the registration that is gone.
+ *
+ * Deferred removal (libev's trick). EPOLL_CTL_DEL waits in loop->changes until right before the
+ * next epoll_wait, so an fd removed and registered again within one iteration costs a single
+ * EPOLL_CTL_MOD instead of a DEL and an ADD. The MOD also proves that the fd still names the
+ * file the kernel has registered; if the fd was closed and its number reused, MOD fails with
+ * ENOENT and a plain ADD follows.
+ *
+ * Orphans. A DEL that comes after the application closed the fd fails, which is harmless --
+ * unless a duplicate of the fd (dup, fork) keeps the file open: then the registration outlives
+ * the fd and, level-triggered, reports its events on every wait. Every ADD bumps the slot's
+ * generation and the generation travels in epoll_data beside the fd, so such an event matches
+ * no live registration. The loop then rebuilds its epoll set from the table, which is the only
+ * way to drop a registration whose fd is gone.
  */
 #include "loop.h"
 
@@ -98,6 +111,7 @@ void ioloop_free(ioloop_t *loop)
     if (loop->epfd >= 0)
         close(loop->epfd);
     pthread_mutex_destroy(&loop->conns_lock);
+    free(loop->changes);
     free(loop->handlers);
     free(loop->events);
     free(loop);
@@ -140,6 +154,23 @@ static int handlers_reserve(ioloop_t *loop, int fd)
     return 0;
 }
 
+/* Makes room in the change list for one more slot IN_EPOLL, so that removing never fails:
+ * each slot IN_EPOLL may be queued once, beside the entries queued already. */
+static int changes_reserve(ioloop_t *loop)
+{
+    int cap = loop->changes_cap ? loop->changes_cap * 2 : HANDLERS_MIN;
+    int *changes;
+
+    if (loop->in_epoll + loop->nchanges < loop->changes_cap)
+        return 0;
+    changes = realloc(loop->changes, (size_t)cap * sizeof *changes);
+    if (changes == NULL)
+        return -ENOMEM;
+    loop->changes = changes;
+    loop->changes_cap = cap;
+    return 0;
+}
+
 static struct ioloop_handler *handler_find(ioloop_t *loop, int fd)
 {
     struct ioloop_handler *h;
@@ -158,20 +189,35 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
 
     if (fd < 0)
         return -EBADF;
-    if (handlers_reserve(loop, fd) < 0)
+    if (handlers_reserve(loop, fd) < 0 || changes_reserve(loop) < 0)
         return -ENOMEM;
     h = &loop->handlers[fd];
     if (h->fn != NULL)
         return -EEXIST;
 
     ev.events = epoll_mask(events);
-    ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
-    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
-        return -errno;
+    if (h->state & IOLOOP__IN_EPOLL) {
+        /* Removed this iteration, DEL still pending: if fd is still the registered file, one
+         * MOD makes the registration ours again; ENOENT means it is another file now. */
+        ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0) {
+            if (errno != ENOENT)
+                return -errno;
+            h->state &= (uint16_t)~IOLOOP__IN_EPOLL;
+            loop->in_epoll--;
+        }
+    }
+    if (!(h->state & IOLOOP__IN_EPOLL)) {
+        ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+            return -errno;
+        h->gen++;
+        h->state |= IOLOOP__IN_EPOLL;
+        loop->in_epoll++;
+    }
     h->fn = fn;
     h->arg = arg;
-    h->events = events;
-    h->gen++;
+    h->events = (uint16_t)events;
     if (!(events & IOLOOP__HANDLER_INTERNAL))
         ioloop__stat_add(&loop->stats.handlers, 1);
     return 0;
@@ -189,7 +235,7 @@ int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events)
     ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
     if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
         return -errno;
-    h->events = events | internal;
+    h->events = (uint16_t)(events | internal);
     return 0;
 }
 
@@ -197,13 +243,72 @@ void ioloop__handler_del(ioloop_t *loop, int fd)
 {
     struct ioloop_handler *h = &loop->handlers[fd];
 
-    /* If the fd was closed already, epoll dropped it itself: the error is harmless. */
-    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
     if (!(h->events & IOLOOP__HANDLER_INTERNAL))
         ioloop__stat_add(&loop->stats.handlers, (uint64_t)-1);
     h->fn = NULL;
     h->arg = NULL;
     h->events = 0;
+    h->state |= IOLOOP__REMOVED;
+    if (!(h->state & IOLOOP__QUEUED)) {
+        h->state |= IOLOOP__QUEUED;
+        loop->changes[loop->nchanges++] = fd; /* room: changes_cap >= in_epoll */
+    }
+}
+
+void ioloop__handler_del_now(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h = &loop->handlers[fd];
+
+    ioloop__handler_del(loop, fd);
+    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+    h->state &= (uint16_t)~IOLOOP__IN_EPOLL;
+    loop->in_epoll--;
+}
+
+/* Before a wait: the DELs of the fds removed this iteration (and not registered again). A DEL
+ * for an fd closed since fails, which is harmless: closing it dropped the registration, or
+ * left an orphan that rebuild_epoll() collects. */
+static void flush_changes(ioloop_t *loop)
+{
+    for (int i = 0; i < loop->nchanges; i++) {
+        int fd = loop->changes[i];
+        struct ioloop_handler *h = &loop->handlers[fd];
+
+        if (h->fn == NULL && (h->state & IOLOOP__IN_EPOLL)) {
+            (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+            h->state &= (uint16_t)~IOLOOP__IN_EPOLL;
+            loop->in_epoll--;
+        }
+        h->state &= (uint16_t)~(IOLOOP__REMOVED | IOLOOP__QUEUED);
+    }
+    loop->nchanges = 0;
+}
+
+/* Replaces the epoll set with a fresh one holding exactly the table's registrations: the cure
+ * for an orphaned registration (see the top of this file). O(table), and rare. If the new set
+ * cannot be had, the old one stays and the next orphan event tries again. */
+static void rebuild_epoll(ioloop_t *loop)
+{
+    int epfd = epoll_create1(EPOLL_CLOEXEC);
+
+    loop->rebuild = false;
+    if (epfd < 0)
+        return;
+    for (int fd = 0; fd < loop->nhandlers; fd++) {
+        struct ioloop_handler *h = &loop->handlers[fd];
+        struct epoll_event ev;
+
+        if (!(h->state & IOLOOP__IN_EPOLL))
+            continue;
+        ev.events = epoll_mask(h->events);
+        ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
+        /* Fails only for an fd the application closed while still registered (which the API
+         * forbids); such a registration stays silent until removed. */
+        (void)epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev);
+    }
+    close(loop->epfd);
+    loop->epfd = epfd;
+    ioloop__stat_add(&loop->stats.epoll_rebuilds, 1);
 }
 
 int ioloop_add_handler(ioloop_t *loop, int fd, int events, ioloop_handler_fn fn, void *arg)
@@ -302,8 +407,12 @@ static void dispatch(ioloop_t *loop, int n)
         struct ioloop_handler *h = &loop->handlers[fd];
         int ready;
 
-        if (h->fn == NULL || h->gen != gen)
+        if (h->state & IOLOOP__REMOVED)
             continue;
+        if (h->fn == NULL || h->gen != gen) {
+            loop->rebuild = true; /* no registration of ours: an orphan */
+            continue;
+        }
         ready = ready_events(loop->events[i].events, h->events & USER_EVENTS);
         if (ready == 0)
             continue;
@@ -335,6 +444,9 @@ static void iterate(ioloop_t *loop)
     int n;
 
     ioloop__timers_arm(loop);
+    flush_changes(loop);
+    if (loop->rebuild)
+        rebuild_epoll(loop);
     n = epoll_wait(loop->epfd, loop->events, loop->nevents,
                    loop->deferred != NULL || ioloop__cbq_prepare_wait(loop) ? 0 : -1);
     if (n < 0) {
@@ -424,4 +536,5 @@ void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
     out->callbacks_pending = atomic_load_explicit(&loop->cbq.len, memory_order_relaxed);
     out->wakeups = atomic_load_explicit(&s->wakeups, memory_order_relaxed);
     out->max_lag_us = atomic_load_explicit(&s->max_lag_us, memory_order_relaxed);
+    out->epoll_rebuilds = atomic_load_explicit(&s->epoll_rebuilds, memory_order_relaxed);
 }

@@ -22,12 +22,20 @@
  * counted in stats.handlers and the application cannot update or remove it. */
 #define IOLOOP__HANDLER_INTERNAL 0x100u
 
+/* What the kernel holds for a slot, and what changed this iteration (ioloop_handler.state). */
+enum {
+    IOLOOP__IN_EPOLL = 0x1, /* the epoll set has (some file, fd) with this slot's gen */
+    IOLOOP__REMOVED = 0x2,  /* removed this iteration: events already collected are stale */
+    IOLOOP__QUEUED = 0x4,   /* listed in loop->changes, for the flush before the next wait */
+};
+
 /* One slot of the handler table, indexed by fd. */
 struct ioloop_handler {
     ioloop_handler_fn fn;   /* NULL while the fd is not registered */
     void *arg;
-    uint32_t events;        /* IOLOOP_READ | IOLOOP_WRITE, plus IOLOOP__HANDLER_INTERNAL */
-    uint32_t gen;           /* bumped by every registration; travels in epoll_data */
+    uint16_t events;        /* IOLOOP_READ | IOLOOP_WRITE, plus IOLOOP__HANDLER_INTERNAL */
+    uint16_t state;         /* IOLOOP__IN_EPOLL | IOLOOP__REMOVED | IOLOOP__QUEUED */
+    uint32_t gen;           /* bumped by every EPOLL_CTL_ADD; travels in epoll_data */
 };
 
 /* Deferred work: a node embedded in the caller's struct, run by the loop after the queued
@@ -52,12 +60,18 @@ struct ioloop_counters {
     _Atomic uint64_t timers_pending;
     _Atomic uint64_t wakeups;   /* written by posting threads: atomic increments */
     _Atomic uint64_t max_lag_us;
+    _Atomic uint64_t epoll_rebuilds;
 };
 
 struct ioloop {
     int epfd;
     struct ioloop_handler *handlers;  /* the handler table, indexed by fd */
     int nhandlers;                    /* its length; it only grows */
+    int *changes;                     /* fds removed this iteration, their EPOLL_CTL_DEL due */
+    int nchanges;
+    int changes_cap;                  /* room for every slot IN_EPOLL: removing never allocates */
+    int in_epoll;                     /* slots IN_EPOLL */
+    bool rebuild;                     /* an event came from a registration nobody owns */
     struct epoll_event *events;       /* one batch from epoll_wait */
     int nevents;
 
@@ -86,8 +100,12 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
 /* Sets the events watched for a registered fd; 0 keeps it registered but silent (errors and
  * hangups still arrive as IOLOOP_ERROR). Returns 0 or a negative errno. */
 int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events);
-/* Unregisters an fd registered with ioloop__handler_add(). */
+/* Unregisters an fd registered with ioloop__handler_add(): at once for its callback, before the
+ * next epoll_wait for the epoll set (so that a re-registration in between costs one MOD). */
 void ioloop__handler_del(ioloop_t *loop, int fd);
+/* The same, but the epoll set forgets the fd now: for an fd about to be closed while other
+ * threads may be opening fds (a connection's), whose number must not be used after the close. */
+void ioloop__handler_del_now(ioloop_t *loop, int fd);
 
 /* Queues `node` to run after this iteration's callbacks. Loop thread; never fails. */
 void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node);

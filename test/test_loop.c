@@ -807,6 +807,7 @@ struct stale_ctx {
     int first;              /* the side whose handler ran first, -1 before */
     int rc_remove;
     int replace;            /* variant: put a new fd and handler under the removed number */
+    int readd;              /* variant: register the same fd again with a new handler */
     int spare[2];           /* an empty pipe whose read end goes under that number */
     int rc_close, rc_dup, rc_add;
     int new_calls;          /* calls of the new registration */
@@ -849,6 +850,9 @@ static void stale_handler(ioloop_t *loop, int fd, int events, void *arg)
             /* Same fd number, a different file that is not ready, a new fn and arg. */
             c->rc_close = close(c->rfd[other]);
             c->rc_dup = dup2(c->spare[0], c->rfd[other]);
+            c->rc_add = ioloop_add_handler(loop, c->rfd[other], IOLOOP_READ, stale_new_handler,
+                                           c);
+        } else if (c->readd) {
             c->rc_add = ioloop_add_handler(loop, c->rfd[other], IOLOOP_READ, stale_new_handler,
                                            c);
         }
@@ -905,6 +909,46 @@ static void test_loop_removed_handler_skips_batch_event(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* The same file registered again within the batch: the new handler does not get the event
+ * collected for the old registration, only the readiness that follows. */
+static void test_loop_readded_fd_skips_batch_event(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct stale_ctx c = { .readd = 1 };
+    ioloop_stats_t s;
+    int other;
+
+    (void)state;
+    assert_non_null(loop);
+    stale_setup(&c, loop);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(c.first == 0 || c.first == 1);
+    other = 1 - c.first;
+    assert_int_equal(c.rc_remove, 0);
+    assert_int_equal(c.rc_add, 0);
+    assert_int_equal(c.calls[c.first], 1);
+    assert_int_equal(c.calls[other], 0);
+    assert_int_equal(c.new_calls, 0);
+
+    /* Its byte is still unread: the new registration gets it on the next start. */
+    c.phase2 = 1;
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.new_calls, 1);
+    assert_int_equal(c.new_fd, c.rfd[other]);
+    assert_int_equal(c.new_events, IOLOOP_READ);
+    get_stats(loop, &s);
+    assert_int_equal(s.io_events, 2);
+    assert_int_equal(s.handlers, 0);
+    assert_int_equal(s.epoll_rebuilds, 0);
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(c.rfd[i]);
+        close_fd(c.wfd[i]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
 static void test_loop_reused_fd_skips_batch_event(void **state)
 {
     int before = test_count_fds();
@@ -943,6 +987,7 @@ static void test_loop_reused_fd_skips_batch_event(void **state)
     assert_int_equal(c.calls[other], 0);
     get_stats(loop, &s);
     assert_int_equal(s.handlers, 0);
+    assert_int_equal(s.epoll_rebuilds, 0); /* the old file is gone: no orphan */
 
     ioloop_free(loop);
     for (int i = 0; i < 2; i++) {
@@ -951,6 +996,158 @@ static void test_loop_reused_fd_skips_batch_event(void **state)
     }
     close_fd(c.spare[0]);
     close_fd(c.spare[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* ---- Deferred removal ------------------------------------------------------------------ */
+
+#define REARMS 1000
+
+struct rearm_ctx {
+    int s[2];
+    int calls;
+    int rc;      /* the first failure of remove / add / write, or 0 */
+};
+
+/* Reads its byte, removes and re-adds itself, and makes itself readable again. */
+static void rearm_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct rearm_ctx *c = arg;
+    char byte;
+    int rc;
+
+    assert_int_equal(events, IOLOOP_READ);
+    assert_int_equal(read(fd, &byte, 1), 1);
+    if (++c->calls == REARMS) {
+        ioloop_stop(loop);
+        return;
+    }
+    if ((rc = ioloop_remove_handler(loop, fd)) != 0 ||
+        (rc = ioloop_add_handler(loop, fd, IOLOOP_READ, rearm_handler, c)) != 0)
+        c->rc = rc;
+    else if (write(c->s[1], "x", 1) != 1)
+        c->rc = -errno;
+}
+
+/* Removing and adding the same fd within one iteration leaves one working registration, and
+ * the event collected before the removal is not delivered to the new one. */
+static void test_loop_remove_add_same_iteration(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct rearm_ctx c = {0};
+    int first_calls = 0;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(c.s);
+
+    /* Before start: the removal is still pending when the fd comes back. */
+    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, count_handler,
+                                        &first_calls), 0);
+    assert_int_equal(ioloop_remove_handler(loop, c.s[0]), 0);
+    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, rearm_handler, &c), 0);
+    write_byte(c.s[1]);
+
+    /* From its own handler, REARMS times: every byte is read by the new registration. */
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(c.calls, REARMS);
+    assert_int_equal(first_calls, 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.io_events, REARMS);
+    assert_int_equal(st.handlers, 1);
+    assert_int_equal(st.epoll_rebuilds, 0);
+
+    assert_int_equal(ioloop_remove_handler(loop, c.s[0]), 0);
+    ioloop_free(loop);
+    close_fd(c.s[0]);
+    close_fd(c.s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+struct orphan_ctx {
+    int orphan_calls;
+    int live[2];
+    int live_calls;
+};
+
+static void orphan_live_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct orphan_ctx *c = arg;
+    char byte;
+
+    assert_int_equal(events, IOLOOP_READ);
+    assert_int_equal(read(fd, &byte, 1), 1);
+    c->live_calls++;
+    ioloop_stop(loop);
+}
+
+static void *post_stop_thread(void *arg)
+{
+    return (void *)(intptr_t)ioloop_add_callback(arg, stop_cb, NULL);
+}
+
+/* An fd removed and then closed while a dup keeps its file open leaves an epoll registration
+ * that its DEL cannot reach. The loop must drop it (rebuild its epoll set) instead of waking
+ * for it forever, and keep every live registration, its own eventfd and timerfd included. */
+static void test_loop_orphaned_registration_rebuilds(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct orphan_ctx c = {0};
+    test_loop_thread_t t;
+    pthread_t poster;
+    void *rc;
+    int s[2], dup_fd;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(s);
+    make_socketpair(c.live);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, count_handler,
+                                        &c.orphan_calls), 0);
+    assert_int_equal(ioloop_add_handler(loop, c.live[0], IOLOOP_READ, orphan_live_handler,
+                                        &c), 0);
+    write_byte(s[1]); /* s[0] stays readable: nobody reads it */
+    dup_fd = dup(s[0]);
+    assert_true(dup_fd >= 0);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    close_fd(s[0]);
+
+    /* 20 ms with nothing to do: the orphan would wake the loop on every wait. */
+    assert_true(ioloop_run_after(loop, 20, stop_cb, NULL) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    get_stats(loop, &st);
+    printf("orphaned registration: %llu iterations in 20 ms, %llu rebuild(s)\n",
+           (unsigned long long)st.iterations, (unsigned long long)st.epoll_rebuilds);
+    assert_int_equal(st.epoll_rebuilds, 1);
+    assert_true(st.iterations <= 10);
+    assert_int_equal(c.orphan_calls, 0);
+    assert_int_equal(st.io_events, 0);
+
+    /* The rebuilt set still has the live fd ... */
+    write_byte(c.live[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.live_calls, 1);
+    /* ... and the eventfd: a post from another thread wakes the sleeping loop. */
+    start_in_thread(&t, loop);
+    assert_int_equal(pthread_create(&poster, NULL, post_stop_thread, loop), 0);
+    assert_int_equal(pthread_join(poster, &rc), 0);
+    assert_int_equal((int)(intptr_t)rc, 0);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.epoll_rebuilds, 1);
+    assert_int_equal(c.orphan_calls, 0);
+
+    assert_int_equal(ioloop_remove_handler(loop, c.live[0]), 0);
+    ioloop_free(loop);
+    close_fd(dup_fd);
+    close_fd(s[1]);
+    close_fd(c.live[0]);
+    close_fd(c.live[1]);
     assert_int_equal(test_count_fds(), before);
 }
 
@@ -1941,7 +2138,10 @@ int main(void)
         cmocka_unit_test(test_loop_many_socketpairs),
         cmocka_unit_test(test_loop_high_fd_number),
         cmocka_unit_test(test_loop_removed_handler_skips_batch_event),
+        cmocka_unit_test(test_loop_readded_fd_skips_batch_event),
         cmocka_unit_test(test_loop_reused_fd_skips_batch_event),
+        cmocka_unit_test(test_loop_remove_add_same_iteration),
+        cmocka_unit_test(test_loop_orphaned_registration_rebuilds),
         cmocka_unit_test(test_loop_update_skips_excluded_batch_event),
         cmocka_unit_test(test_loop_handler_changes_handlers),
         cmocka_unit_test(test_loop_stop_from_callback),

@@ -111,6 +111,14 @@ IOLOOP_EXPORT int ioloop_update_handler(ioloop_t *loop, int fd, int events);
  * registered again within that batch. May be called from any handler, its own included.
  * Does not close the fd. Returns 0, -EINVAL, -ENOENT (fd not registered, negative included),
  * -EPERM (wrong thread). Loop thread.
+ *
+ * The epoll set itself is updated just before the loop next waits, so an fd removed and
+ * registered again within one iteration costs one epoll_ctl (MOD) instead of two (DEL, ADD).
+ * Closing the fd right after removing it is fine: the late DEL then fails harmlessly, or, if
+ * another thread reused the number meanwhile, misses (epoll keys on the file, not the number;
+ * ThreadSanitizer may still report the reuse as a race). If a duplicate of the fd (dup(),
+ * fork()) keeps the file open, epoll keeps reporting it; the loop notices the event nobody owns
+ * and rebuilds its epoll set once (stats.epoll_rebuilds).
  */
 IOLOOP_EXPORT int ioloop_remove_handler(ioloop_t *loop, int fd);
 
@@ -209,6 +217,9 @@ typedef struct ioloop_stats {
     uint64_t wakeups;           /**< eventfd writes made by ioloop_add_callback/ioloop_stop */
     uint64_t max_lag_us;        /**< longest time one iteration spent running handlers,
                                      timers and callbacks */
+    uint64_t epoll_rebuilds;    /**< times the epoll set was rebuilt to drop an orphaned
+                                     registration: an fd removed, then closed while a dup
+                                     of it (dup(), fork()) kept the file open */
 } ioloop_stats_t;
 
 /**
