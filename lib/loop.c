@@ -251,7 +251,7 @@ void ioloop__handler_del(ioloop_t *loop, int fd)
     h->state |= IOLOOP__REMOVED;
     if (!(h->state & IOLOOP__QUEUED)) {
         h->state |= IOLOOP__QUEUED;
-        loop->changes[loop->nchanges++] = fd; /* room: changes_cap >= in_epoll */
+        loop->changes[loop->nchanges++] = fd; /* changes_reserve() made room at the add */
     }
 }
 

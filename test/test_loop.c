@@ -881,6 +881,25 @@ static void stale_setup(struct stale_ctx *c, ioloop_t *loop)
         write_byte(c->wfd[i]);
 }
 
+/* Runs the loop once over the two ready pipes: the handler that ran first removed the other.
+ * Returns the other side's index. */
+static int stale_run_first(struct stale_ctx *c, ioloop_t *loop)
+{
+    stale_setup(c, loop);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_true(c->first == 0 || c->first == 1);
+    assert_int_equal(c->rc_remove, 0);
+    return 1 - c->first;
+}
+
+static void stale_close(struct stale_ctx *c)
+{
+    for (int i = 0; i < 2; i++) {
+        close_fd(c->rfd[i]);
+        close_fd(c->wfd[i]);
+    }
+}
+
 static void test_loop_removed_handler_skips_batch_event(void **state)
 {
     int before = test_count_fds();
@@ -891,21 +910,14 @@ static void test_loop_removed_handler_skips_batch_event(void **state)
 
     (void)state;
     assert_non_null(loop);
-    stale_setup(&c, loop);
-    assert_int_equal(ioloop_start(loop), 0);
-    assert_true(c.first == 0 || c.first == 1);
-    other = 1 - c.first;
-    assert_int_equal(c.rc_remove, 0);
+    other = stale_run_first(&c, loop);
     assert_int_equal(c.calls[c.first], 1);
     assert_int_equal(c.calls[other], 0);
     get_stats(loop, &s);
     assert_int_equal(s.io_events, 1);
     assert_int_equal(s.handlers, 0);
     ioloop_free(loop);
-    for (int i = 0; i < 2; i++) {
-        close_fd(c.rfd[i]);
-        close_fd(c.wfd[i]);
-    }
+    stale_close(&c);
     assert_int_equal(test_count_fds(), before);
 }
 
@@ -921,11 +933,7 @@ static void test_loop_readded_fd_skips_batch_event(void **state)
 
     (void)state;
     assert_non_null(loop);
-    stale_setup(&c, loop);
-    assert_int_equal(ioloop_start(loop), 0);
-    assert_true(c.first == 0 || c.first == 1);
-    other = 1 - c.first;
-    assert_int_equal(c.rc_remove, 0);
+    other = stale_run_first(&c, loop);
     assert_int_equal(c.rc_add, 0);
     assert_int_equal(c.calls[c.first], 1);
     assert_int_equal(c.calls[other], 0);
@@ -942,10 +950,7 @@ static void test_loop_readded_fd_skips_batch_event(void **state)
     assert_int_equal(s.handlers, 0);
     assert_int_equal(s.epoll_rebuilds, 0);
     ioloop_free(loop);
-    for (int i = 0; i < 2; i++) {
-        close_fd(c.rfd[i]);
-        close_fd(c.wfd[i]);
-    }
+    stale_close(&c);
     assert_int_equal(test_count_fds(), before);
 }
 
@@ -960,11 +965,7 @@ static void test_loop_reused_fd_skips_batch_event(void **state)
     (void)state;
     assert_non_null(loop);
     make_pipe(c.spare);
-    stale_setup(&c, loop);
-    assert_int_equal(ioloop_start(loop), 0);
-    assert_true(c.first == 0 || c.first == 1);
-    other = 1 - c.first;
-    assert_int_equal(c.rc_remove, 0);
+    other = stale_run_first(&c, loop);
     assert_int_equal(c.rc_close, 0);
     assert_int_equal(c.rc_dup, c.rfd[other]);
     assert_int_equal(c.rc_add, 0);
@@ -990,10 +991,7 @@ static void test_loop_reused_fd_skips_batch_event(void **state)
     assert_int_equal(s.epoll_rebuilds, 0); /* the old file is gone: no orphan */
 
     ioloop_free(loop);
-    for (int i = 0; i < 2; i++) {
-        close_fd(c.rfd[i]); /* the other one is the dup of spare[0] now */
-        close_fd(c.wfd[i]);
-    }
+    stale_close(&c); /* rfd[other] is the dup of spare[0] now */
     close_fd(c.spare[0]);
     close_fd(c.spare[1]);
     assert_int_equal(test_count_fds(), before);
