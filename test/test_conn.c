@@ -315,6 +315,17 @@ static void leave(struct rec *r)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* on_open's record: the open, the results of the two calls it made, and leaving. */
+static void rec_opened(struct rec *r, int rc1, int rc2)
+{
+    pthread_mutex_lock(&r->lock);
+    r->opens++;
+    r->rc[0] = rc1;
+    r->rc[1] = rc2;
+    pthread_mutex_unlock(&r->lock);
+    leave(r);
+}
+
 static void append_in(struct rec *r, const char *data, size_t len)
 {
     if (len == 0)
@@ -1032,12 +1043,7 @@ static void idle_off_on_open(ioloop_conn_t *conn)
     int rc1 = ioloop_conn_set_idle_timeout(conn, 30);
     int rc2 = ioloop_conn_set_idle_timeout(conn, 0);
 
-    pthread_mutex_lock(&r->lock);
-    r->opens++;
-    r->rc[0] = rc1;
-    r->rc[1] = rc2;
-    pthread_mutex_unlock(&r->lock);
-    leave(r);
+    rec_opened(r, rc1, rc2);
 }
 
 static void test_conn_idle_timeout_zero_disables(void **state)
@@ -1080,12 +1086,7 @@ static void pause_on_open(ioloop_conn_t *conn)
     int rc1 = ioloop_conn_pause(conn);
     int rc2 = ioloop_conn_pause(conn); /* already paused: still 0 */
 
-    pthread_mutex_lock(&r->lock);
-    r->opens++;
-    r->rc[0] = rc1;
-    r->rc[1] = rc2;
-    pthread_mutex_unlock(&r->lock);
-    leave(r);
+    rec_opened(r, rc1, rc2);
 }
 
 static void resume_cb(void *arg)
@@ -1864,12 +1865,7 @@ static void null_write_on_open(ioloop_conn_t *conn)
     int rc1 = ioloop_conn_write(conn, NULL, 1);
     int rc2 = ioloop_conn_write(conn, NULL, 0);
 
-    pthread_mutex_lock(&r->lock);
-    r->opens++;
-    r->rc[0] = rc1;
-    r->rc[1] = rc2;
-    pthread_mutex_unlock(&r->lock);
-    leave(r);
+    rec_opened(r, rc1, rc2);
 }
 
 static void test_conn_write_null_data(void **state)
