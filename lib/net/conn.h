@@ -11,8 +11,8 @@
 
 #include <ioloop/server.h>
 
-#include "buffer.h"
-#include "loop.h"
+#include "net/buffer.h"
+#include "core/loop.h"
 
 enum ioloop_conn_state {
     IOLOOP__CONN_CONNECTING, /* connect() in progress; writes are buffered */

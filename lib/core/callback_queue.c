@@ -14,14 +14,14 @@
  * busy by its producers is never written to at all, and a burst into a sleeping loop costs one
  * write. Posts from the loop thread itself need no write either.
  *
- * The lock also orders posting against stopping: once ioloop_stop() has run, posts fail with
+ * The lock also orders posting against stopping: once a stop was requested, posts fail with
  * -ESHUTDOWN, so the loop can drain a queue that no longer grows before start() returns.
  *
  * A producer's eventfd write happens after it released the lock, when its callback may already
  * have run and the application may be tearing the loop down. `waking` counts producers between
  * deciding to write and finishing the write; ioloop_free() waits for it to reach zero.
  */
-#include "loop.h"
+#include "core/loop.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -180,14 +180,11 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     return 0;
 }
 
-void ioloop_stop(ioloop_t *loop)
+void ioloop__cbq_request_stop(ioloop_t *loop)
 {
-    struct ioloop_cbq *q;
+    struct ioloop_cbq *q = &loop->cbq;
     bool must_wake = false;
 
-    if (loop == NULL)
-        return;
-    q = &loop->cbq;
     spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_STOP_REQUESTED) {
         atomic_store_explicit(&q->state, IOLOOP__CBQ_STOP_REQUESTED, memory_order_relaxed);

@@ -8,7 +8,7 @@
  * calling thread and remembers whether it was blocked before, so that ioloop_remove_signal()
  * can put the mask back as it found it.
  */
-#include "loop.h"
+#include "core/loop.h"
 
 #include <errno.h>
 #include <pthread.h>

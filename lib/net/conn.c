@@ -17,7 +17,7 @@
  * and free run as deferred work after the current callbacks, so on_close never runs inside
  * another call on the same connection and the pointer stays valid until that callback returns.
  */
-#include "conn.h"
+#include "net/conn.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -25,8 +25,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "address.h"
-#include "server.h"
+#include "net/address.h"
+#include "net/server.h"
 
 /* Process-wide connection sequence: ids are (seq << 16 | tag), unique and never 0. */
 static _Atomic uint64_t next_seq = 1;

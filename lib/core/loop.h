@@ -14,9 +14,9 @@
 
 #include <ioloop/loop.h>
 
-#include "callback_queue.h"
-#include "signal.h"
-#include "timer.h"
+#include "core/callback_queue.h"
+#include "core/signals.h"
+#include "core/timer.h"
 
 /* Marks a handler the loop registered for itself (eventfd, timerfd, signalfd): it is not
  * counted in stats.handlers and the application cannot update or remove it. */

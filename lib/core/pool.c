@@ -5,10 +5,10 @@
  * before the thread starts, so it runs before the loop first waits) counts itself in, and the
  * creator waits for the count. From then on every loop belongs to its thread.
  */
-#include "pool.h"
+#include "core/pool.h"
+#include "core/thread.h"
 
 #include <errno.h>
-#include <signal.h>
 #include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -28,18 +28,6 @@ struct ioloop_pool {
     int running;                /* loops that have started; under lock */
     struct pool_worker workers[];
 };
-
-int ioloop__thread_start(pthread_t *thread, void *(*fn)(void *), void *arg)
-{
-    sigset_t all, old;
-    int err;
-
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old); /* the new thread inherits this mask */
-    err = pthread_create(thread, NULL, fn, arg);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    return -err;
-}
 
 static void on_started(ioloop_t *loop, void *arg)
 {
@@ -80,7 +68,7 @@ ioloop_pool_t *ioloop_pool_new(int nloops)
         if ((w->loop = ioloop_new()) == NULL)
             err = -errno;
         else if ((err = ioloop_add_callback(w->loop, on_started, pool)) == 0 &&
-                 (err = ioloop__thread_start(&w->thread, worker_main, w->loop)) == 0)
+                 (err = ioloop__thread_start(&w->thread, "ioloop-loop", worker_main, w->loop)) == 0)
             w->started = true;
     }
     if (err < 0) {

@@ -17,7 +17,7 @@
  * timer of this iteration — even with delay 0, or a repeating timer's next tick — waits for
  * the next iteration.
  */
-#include "loop.h"
+#include "core/loop.h"
 
 #include <errno.h>
 #include <stdlib.h>

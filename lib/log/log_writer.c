@@ -13,20 +13,21 @@
  * When writing fails (a full disk, a bad descriptor), the lines go to standard error instead,
  * after one line there saying why; the next pass tries the file again.
  */
-#include "log.h"
+#include "log/log.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <poll.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "core/thread.h"
 
 #define L ioloop__log
 
@@ -500,21 +501,10 @@ static void *writer_main(void *arg)
 
 int ioloop__log_writer_start(void)
 {
-    sigset_t all, old;
-    int err;
-
     /* Lines dropped from now on are the new thread's to report, even those dropped before it
      * gets to run. */
     L.dropped_base = atomic_load_explicit(&L.dropped, memory_order_relaxed);
-    /* The thread inherits the creator's mask: block everything around the creation. */
-    sigfillset(&all);
-    pthread_sigmask(SIG_SETMASK, &all, &old);
-    err = pthread_create(&L.thread, NULL, writer_main, NULL);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (err != 0)
-        return -err;
-    (void)pthread_setname_np(L.thread, "ioloop-log");
-    return 0;
+    return ioloop__thread_start(&L.thread, "ioloop-log", writer_main, NULL);
 }
 
 void ioloop__log_front_release(struct ioloop_log_front *front, bool whole)

@@ -17,7 +17,7 @@
  * about four times slower than everything else in a line; ours computes the exact decimal
  * rounding with 128-bit integers.
  */
-#include "log.h"
+#include "log/log.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -11,7 +11,7 @@
 
 #include <ioloop/loop.h>
 
-#include "address.h"
+#include "net/address.h"
 
 struct ioloop_acceptor {
     int fd;                     /* the listening socket */

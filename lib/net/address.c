@@ -1,7 +1,7 @@
 /*
  * Address parsing. Only numeric hosts: a loop must never block on name resolution.
  */
-#include "address.h"
+#include "net/address.h"
 
 #include <arpa/inet.h>
 #include <errno.h>

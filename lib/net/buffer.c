@@ -1,7 +1,7 @@
 /*
  * Connection buffers; see buffer.h for the layout.
  */
-#include "buffer.h"
+#include "net/buffer.h"
 
 #include <errno.h>
 #include <stdint.h>

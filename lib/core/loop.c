@@ -21,7 +21,7 @@
  * no live registration. The loop then rebuilds its epoll set from the table, which is the only
  * way to drop a registration whose fd is gone.
  */
-#include "loop.h"
+#include "core/loop.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -501,6 +501,12 @@ int ioloop_start(ioloop_t *loop)
     current_loop = outer;
     atomic_store_explicit(&loop->running, 0, memory_order_release);
     return 0;
+}
+
+void ioloop_stop(ioloop_t *loop)
+{
+    if (loop != NULL)
+        ioloop__cbq_request_stop(loop);
 }
 
 /* ---- Introspection ---------------------------------------------------------------------- */

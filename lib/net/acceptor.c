@@ -8,7 +8,7 @@
  * sees a clean close instead of hanging in the backlog), stops watching the listening fd for
  * a short backoff, and warns at most once a second with the count of shed connections.
  */
-#include "acceptor.h"
+#include "net/acceptor.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,7 +20,7 @@
 
 #include <ioloop/log.h>
 
-#include "pool.h"
+#include "core/thread.h"
 
 /* Connections accepted per readiness event: enough to drain a burst, few enough that the
  * acceptor's own loop (its stop request) stays responsive. */
@@ -185,7 +185,7 @@ int ioloop__acceptor_start(struct ioloop_acceptor *a)
     if (a->loop == NULL)
         return -errno;
     if ((err = ioloop_add_handler(a->loop, a->fd, IOLOOP_READ, on_listen_fd, a)) < 0 ||
-        (err = ioloop__thread_start(&a->thread, acceptor_main, a)) < 0) {
+        (err = ioloop__thread_start(&a->thread, "ioloop-accept", acceptor_main, a)) < 0) {
         ioloop_free(a->loop);
         a->loop = NULL;
         return err;

@@ -41,7 +41,7 @@
  * freed when its thread cannot be using them: at the thread's exit (after the logger thread
  * drained it), at close (no line in flight), or in a fork child (no other thread exists).
  */
-#include "log.h"
+#include "log/log.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -57,6 +57,8 @@ size_t ioloop__cbq_drain(ioloop_t *loop);
  * was requested, so it must not block; otherwise the next post from another thread will write
  * the eventfd. */
 bool ioloop__cbq_prepare_wait(ioloop_t *loop);
+/* ioloop_stop(): closes posting (-ESHUTDOWN) and wakes the loop. Any thread. */
+void ioloop__cbq_request_stop(ioloop_t *loop);
 /* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; the stop
  * is honoured (the queue was drained): posting stays closed until the next start. */
 void ioloop__cbq_begin(ioloop_t *loop);

@@ -14,7 +14,7 @@
  * its on_close. ioloop_server_free() stops the acceptor, asks each loop to abort the server's
  * connections with -ECANCELED, and waits for `live` to reach zero.
  */
-#include "server.h"
+#include "net/server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,9 +26,9 @@
 
 #include <ioloop/log.h>
 
-#include "acceptor.h"
-#include "conn.h"
-#include "pool.h"
+#include "net/acceptor.h"
+#include "net/conn.h"
+#include "core/pool.h"
 
 struct ioloop_server {
     ioloop_pool_t *pool;
