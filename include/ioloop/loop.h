@@ -53,10 +53,14 @@ typedef void (*ioloop_signal_fn)(ioloop_t *loop, int signo, void *arg);
 IOLOOP_EXPORT ioloop_t *ioloop_new(void);
 
 /**
- * Releases the loop's fds and memory. Handlers, timers and signal handlers still registered are
- * dropped without running; callbacks still queued (posted to a loop that was not started again)
- * are dropped without running. The fds the application registered are not closed: they remain
- * the application's. NULL is fine.
+ * Releases the loop's fds and memory. Every connection still open on the loop (accepted by a
+ * server or made by ioloop_connect()) is closed first: its pending ioloop_conn_on_flushed()
+ * callbacks and then its on_close run with -ECANCELED, in the calling thread, and its fd and
+ * memory are released. Handlers, timers and signal handlers still registered are then
+ * dropped without running (signals the loop blocked are unblocked again in the calling
+ * thread, as ioloop_remove_signal() does); callbacks still queued (posted to a loop that was
+ * not started again) are dropped without running. The fds the application registered are not
+ * closed: they remain the application's. NULL is fine.
  * Loop thread, and never while ioloop_start() runs: doing so is a fatal programming error
  * (the process aborts with a message). No other thread may use the loop during or after this.
  */
@@ -204,6 +208,15 @@ IOLOOP_EXPORT int ioloop_in_loop_thread(const ioloop_t *loop);
 
 /** Returns the loop whose ioloop_start() the calling thread is inside, or NULL. [any thread] */
 IOLOOP_EXPORT ioloop_t *ioloop_current(void);
+
+/**
+ * Attaches one pointer to the loop for the application (a per-loop context: a shard of a
+ * keyspace, a connection pool); the library never touches it. Loop thread.
+ */
+IOLOOP_EXPORT void ioloop_set_data(ioloop_t *loop, void *data);
+
+/** Returns what ioloop_set_data() attached, or NULL (also for a NULL loop). [any thread] */
+IOLOOP_EXPORT void *ioloop_data(const ioloop_t *loop);
 
 /** Counters of one loop, as filled in by ioloop_get_stats(). */
 typedef struct ioloop_stats {
