@@ -476,6 +476,8 @@ static void dispatch(ioloop_t *loop, int n)
         if (!(h->events & IOLOOP__HANDLER_INTERNAL))
             delivered++;
         h->fn(loop, fd, ready, h->arg);
+        if (loop->deferred != NULL)
+            run_deferred(loop); /* what the handler wrote goes out now, from a hot buffer */
     }
     ioloop__stat_add(&loop->stats.io_events, delivered);
 }
@@ -491,10 +493,13 @@ static void note_lag(ioloop_t *loop)
 
 /*
  * One iteration: wait for events (not at all if callbacks or deferred work are queued), run the
- * ready fd handlers, then the due timers, then the callbacks queued so far, then the deferred
- * work (connections being closed). The timerfd and the eventfd are handlers like any other;
- * theirs only note that timers or callbacks are due, so that the order above holds whatever
- * order epoll reports them in.
+ * ready fd handlers, then the due timers, then the callbacks queued so far. Deferred work (the
+ * connections' flushes of what was written, their on_close) runs after each fd handler, after
+ * the batch of timers and after the batch of callbacks: output written by a handler reaches
+ * the kernel as soon as that handler returns, while what a batch of timers or callbacks wrote
+ * to one connection goes out together. The timerfd and the eventfd are handlers like any
+ * other; theirs only note that timers or callbacks are due, so that the order above holds
+ * whatever order epoll reports them in.
  */
 static void iterate(ioloop_t *loop)
 {
@@ -516,6 +521,7 @@ static void iterate(ioloop_t *loop)
 
     dispatch(loop, n);
     ioloop__timers_run(loop);
+    run_deferred(loop);
     ioloop__cbq_run(loop);
     run_deferred(loop);
 
