@@ -186,7 +186,10 @@ static bool valid_events(int events)
     return (events & USER_EVENTS) != 0 && (events & ~USER_EVENTS) == 0;
 }
 
-/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0). */
+/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0).
+ * A new table comes from calloc() and only the used part is copied: a large calloc is fresh
+ * zeroed pages from the kernel, so the slots beyond the highest fd cost no memory until a fd
+ * that high is registered. */
 static int handlers_reserve(ioloop_t *loop, int fd)
 {
     int n = loop->nhandlers ? loop->nhandlers : HANDLERS_MIN;
@@ -196,10 +199,12 @@ static int handlers_reserve(ioloop_t *loop, int fd)
         return 0;
     while (n <= fd)
         n = n > INT32_MAX / 2 ? INT32_MAX : n * 2;
-    table = realloc(loop->handlers, (size_t)n * sizeof *table);
+    table = calloc((size_t)n, sizeof *table);
     if (table == NULL)
         return -ENOMEM;
-    memset(table + loop->nhandlers, 0, (size_t)(n - loop->nhandlers) * sizeof *table);
+    if (loop->nhandlers > 0)
+        memcpy(table, loop->handlers, (size_t)loop->nhandlers * sizeof *table);
+    free(loop->handlers);
     loop->handlers = table;
     loop->nhandlers = n;
     return 0;
