@@ -333,6 +333,49 @@ static void test_log_line_format(void **state)
     scratch_close(&s);
 }
 
+/* A caller that reuses one buffer for different file names gets each line's own base name:
+ * the names differ in length and in where their base name starts, so a name remembered by
+ * its pointer shows up cut, shifted or with a NUL inside. */
+static void test_log_file_name_from_reused_buffer(void **state)
+{
+    static const char *names[] = {"lib/one.c", "two.c", "a/b/three.c", "x/y.c", "/abs/dir/"};
+    static const char *bases[] = {"one.c", "two.c", "three.c", "y.c", ""};
+    const size_t n = sizeof names / sizeof names[0];
+    char file[64], *text, *line, *save = NULL;
+    regex_t re;
+    regmatch_t m[3];
+    size_t len, found = 0;
+    scratch_t s;
+
+    (void)state;
+    scratch_open(&s);
+    assert_int_equal(regcomp(&re, "^[^ ]+ INFO  [0-9]+ ([^ ]*):([0-9]+) name [0-9]+$",
+                             REG_EXTENDED),
+                     0);
+    assert_int_equal(open_file_log(s.path, 60000), 0);
+    memset(file, 'z', sizeof file); /* what lies past each name is not a NUL */
+    for (size_t i = 0; i < n; i++) {
+        strcpy(file, names[i]);
+        ioloop_log_write(IOLOOP_LOG_INFO, file, (int)i + 1, "name %zu", i);
+    }
+    ioloop_log_close();
+
+    text = slurp(s.path, &len);
+    assert_int_equal(strlen(text), len); /* no NUL from a stale name */
+    for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        if (regexec(&re, line, 3, m, 0) != 0)
+            fail_msg("line does not match: \"%s\"", line);
+        line[m[1].rm_eo] = '\0';
+        assert_string_equal(line + m[1].rm_so, bases[found]);
+        assert_int_equal(atoi(line + m[2].rm_so), (int)found + 1);
+        found++;
+    }
+    assert_int_equal(found, n);
+    free(text);
+    regfree(&re);
+    scratch_close(&s);
+}
+
 /* The message part is what printf would print, for the conversions of the fast path and for
  * those it hands to vsnprintf; errno survives a call and %m sees the caller's errno. */
 static void test_log_message_matches_printf(void **state)
@@ -832,6 +875,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_threads_every_line_once_in_order),
         cmocka_unit_test(test_log_line_format),
+        cmocka_unit_test(test_log_file_name_from_reused_buffer),
         cmocka_unit_test(test_log_message_matches_printf),
         cmocka_unit_test(test_log_truncates_long_lines),
         cmocka_unit_test(test_log_level_filtering),
