@@ -870,7 +870,91 @@ static void test_log_fork_child_logs(void **state)
     scratch_close(&s);
 }
 
-int main(void)
+/* Tells main() to run fresh_fork_tid() instead of the tests. */
+#define FRESH_FORK_TID "--fresh-fork-tid"
+
+/*
+ * The body of test_log_fork_child_tid_never_opened, run in a fresh image of this program
+ * (main() sees FRESH_FORK_TID), where no test has opened the logger: logs a line, forks, and
+ * the child logs one; both go synchronously to standard error, which the test made a file.
+ * Each line carries the pid of its process. Returns the exit status.
+ */
+static int fresh_fork_tid(void)
+{
+    int status;
+    pid_t pid;
+
+    IOLOOP_LOG_INFO("probe=parent pid=%d", (int)getpid());
+    pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0) {
+        IOLOOP_LOG_INFO("probe=child pid=%d", (int)getpid());
+        _exit(0);
+    }
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return 1;
+    return 0;
+}
+
+/* A fork child logs its own thread id also when the logger was never opened (lines go to
+ * standard error). The case needs a process in which ioloop_log_open() never ran, and every
+ * other test here opens the logger, so it runs in a fresh image of this program. In each line
+ * the thread id must be the pid the line reports (a single-threaded process's tid is its pid). */
+static void test_log_fork_child_tid_never_opened(void **state)
+{
+    regex_t re;
+    regmatch_t m[4];
+    scratch_t s;
+    char err_path[160], *text, *line, *save = NULL;
+    pid_t pid, child = -1;
+    int fd, lines = 0;
+
+    (void)state;
+    scratch_open(&s);
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", s.dir);
+    fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(regcomp(&re, "^[^ ]+ INFO  ([0-9]+) test_log\\.c:[0-9]+ probe=(parent|child) "
+                                  "pid=([0-9]+)$",
+                             REG_EXTENDED),
+                     0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (dup2(fd, STDERR_FILENO) != STDERR_FILENO)
+            _exit(126);
+        execl("/proc/self/exe", "test_log", FRESH_FORK_TID, (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    wait_child(pid);
+
+    text = slurp(err_path, NULL);
+    for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        int tid, who;
+
+        if (regexec(&re, line, 4, m, 0) != 0)
+            fail_msg("line does not match: \"%s\"", line);
+        tid = match_int(line, &m[1]);
+        who = match_int(line, &m[3]);
+        if (strncmp(line + m[2].rm_so, "parent", 6) == 0) {
+            assert_int_equal(who, pid); /* exec keeps the pid */
+        } else {
+            assert_int_not_equal(who, pid);
+            child = who;
+        }
+        assert_int_equal(tid, who);
+        lines++;
+    }
+    assert_int_equal(lines, 2);
+    assert_true(child > 0);
+    free(text);
+    regfree(&re);
+    scratch_close(&s);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_threads_every_line_once_in_order),
@@ -887,7 +971,10 @@ int main(void)
         cmocka_unit_test(test_log_open_rejects_bad_options),
         cmocka_unit_test(test_log_child_exit_writes_every_line),
         cmocka_unit_test(test_log_fork_child_logs),
+        cmocka_unit_test(test_log_fork_child_tid_never_opened),
     };
 
+    if (argc == 2 && strcmp(argv[1], FRESH_FORK_TID) == 0)
+        return fresh_fork_tid();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -6,7 +6,7 @@
  *
  * The date and time down to the second are formatted once per second per thread and copied
  * otherwise; only the microseconds are formatted each time. The thread id is cached per thread
- * too. The source file's base name is found for every line (a few nanoseconds): a caller may
+ * too (and forgotten in a fork child). The source file's base name is found for every line (a few nanoseconds): a caller may
  * pass one buffer holding different names, so a name cannot be remembered by its pointer.
  *
  * The message goes through a printf-compatible formatter with a fast path for the conversions
@@ -21,6 +21,7 @@
 #include "log/log.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -57,9 +58,24 @@ static const char digit_pairs[201] =
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-void ioloop__log_format_forget_tid(void)
+/* Set when the library loads, if forget_tid() is registered to run in every fork child. */
+static bool tid_cacheable;
+
+/* A fork child's thread has an id of its own. */
+static void forget_tid(void)
 {
     tid_len = 0;
+}
+
+/*
+ * Registers forget_tid() for every fork child, whether or not the logger is ever opened (the
+ * logger's own fork handlers come only with ioloop_log_open()). At load time, so that it runs
+ * in a child before any child handler the application registers later, which may log. If it
+ * cannot be registered (no memory), the thread id is looked up for every line instead.
+ */
+__attribute__((constructor)) static void register_forget_tid(void)
+{
+    tid_cacheable = pthread_atfork(NULL, NULL, forget_tid) == 0;
 }
 
 /* Writes v in decimal so that it ends just before `end`; returns where it starts. */
@@ -569,7 +585,7 @@ static size_t put_prefix(char *dst, size_t limit, ioloop_log_level_t level, cons
     int lv = level >= IOLOOP_LOG_DEBUG && level <= IOLOOP_LOG_ERROR ? (int)level : IOLOOP_LOG_ERROR;
 
     base = base_name(file != NULL ? file : "?", &base_len);
-    if (tid_len == 0)
+    if (tid_len == 0 || !tid_cacheable)
         cache_tid();
     clock_gettime(CLOCK_REALTIME, &now);
     if (now.tv_sec != stamp_sec)
