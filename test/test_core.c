@@ -1,6 +1,8 @@
 /*
  * Unit tests of lib/core's internals, where the public API cannot show what matters: the
- * thread-safe errno text helper. These tests see the library's own headers.
+ * thread-safe errno text helper, and the loop-thread check across restarts (which needs the
+ * loop's own `running` field to know when a call must be refused). These tests see the
+ * library's own headers.
  */
 #include <ioloop.h>
 
@@ -13,14 +15,22 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "core/loop.h"
 #include "core/strerror.h"
 #include "helpers.h"
 
 /* Calls per thread in the threads test. */
 #define STRERROR_ROUNDS 10000
+/* Restarts in the restart race; each is a short run, in alternating threads. */
+#define RESTART_ROUNDS 20000
+/* Checked calls between two yields while a thread waits for the other's run to end: few
+ * enough that a preempted runner on a busy machine gets its core back soon. */
+#define HAMMER_YIELD 256
 
 /* ---- Errno text ------------------------------------------------------------------------- */
 
@@ -92,12 +102,99 @@ static void test_core_strerror_threads(void **state)
     }
 }
 
+/* ---- The loop-thread check across restarts --------------------------------------------- */
+
+struct restart_race {
+    ioloop_t *loop;
+    _Atomic int turn;        /* the round whose run has not ended yet */
+    struct restart_side {
+        struct restart_race *race;
+        pthread_t thread;
+        int idx;
+        int start_errors;    /* starts that did not return 0 */
+        long refused;        /* checked calls refused while the other's run was on */
+        long wrong;          /* checked calls let through while the other's run was on */
+    } side[2];
+};
+
+/*
+ * Two threads take turns: in round r, thread r % 2 runs the loop once (a stop queued before
+ * the start makes it return at once), while the other, which ran it in round r - 1 and is so
+ * the previous owner, calls a thread-checked function over and over until the run ended.
+ * remove_handler(-1) touches nothing once the check passes (-ENOENT), so passing is harmless
+ * here; but it must not pass while the loop is running in the other thread. That is known
+ * for sure when `running` reads nonzero both before and after the call: within one round the
+ * only run is the other thread's, so the check in between saw it running too.
+ */
+static void *restart_thread(void *arg)
+{
+    struct restart_side *me = arg;
+    struct restart_race *race = me->race;
+
+    for (int round = 0; round < RESTART_ROUNDS; round++) {
+        if (round % 2 == me->idx) {
+            while (atomic_load(&race->turn) != round)
+                sched_yield();
+            ioloop_stop(race->loop);
+            if (ioloop_start(race->loop) != 0)
+                me->start_errors++;
+            atomic_store(&race->turn, round + 1);
+            continue;
+        }
+        for (unsigned n = 1; atomic_load(&race->turn) <= round; n++) {
+            int before = atomic_load(&race->loop->running);
+            int rc = ioloop_remove_handler(race->loop, -1);
+            int after = atomic_load(&race->loop->running);
+
+            if (before != 0 && after != 0) {
+                if (rc == -EPERM)
+                    me->refused++;
+                else
+                    me->wrong++;
+            }
+            if (n % HAMMER_YIELD == 0)
+                sched_yield();
+        }
+    }
+    return NULL;
+}
+
+/* A restart from a new thread: from the moment the loop is seen running, the previous
+ * owner's thread-checked calls are refused (-EPERM), never let through. */
+static void test_core_restart_refuses_previous_owner(void **state)
+{
+    int before = test_count_fds();
+    struct restart_race race = {.loop = ioloop_new()};
+    long refused = 0, wrong = 0;
+
+    (void)state;
+    assert_non_null(race.loop);
+    for (int i = 0; i < 2; i++) {
+        race.side[i].race = &race;
+        race.side[i].idx = i;
+        assert_int_equal(pthread_create(&race.side[i].thread, NULL, restart_thread,
+                                        &race.side[i]), 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(pthread_join(race.side[i].thread, NULL), 0);
+        assert_int_equal(race.side[i].start_errors, 0);
+        refused += race.side[i].refused;
+        wrong += race.side[i].wrong;
+    }
+    printf("restart race: %d restarts, %ld calls refused while the other thread ran the loop, "
+           "%ld let through\n", RESTART_ROUNDS, refused, wrong);
+    assert_int_equal(wrong, 0);
+    ioloop_free(race.loop);
+    assert_int_equal(test_count_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_core_strerror_known),
         cmocka_unit_test(test_core_strerror_unknown),
         cmocka_unit_test(test_core_strerror_threads),
+        cmocka_unit_test(test_core_restart_refuses_previous_owner),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -59,10 +59,21 @@ uint64_t ioloop__clock_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * The states of loop->running. A start moves it from LOOP_IDLE to LOOP_STARTING, stores its
+ * thread as the owner, and only then moves it to LOOP_RUNNING (release): a thread that sees
+ * LOOP_RUNNING sees the new owner too. LOOP_STARTING means the loop is about to run in some
+ * other thread (the starting thread itself never sees it), so the check refuses everyone.
+ */
+enum { LOOP_IDLE, LOOP_STARTING, LOOP_RUNNING };
+
 int ioloop__check_thread(const ioloop_t *loop)
 {
-    if (atomic_load_explicit(&loop->running, memory_order_acquire) &&
-        atomic_load_explicit(&loop->owner, memory_order_relaxed) != self())
+    int running = atomic_load_explicit(&loop->running, memory_order_acquire);
+
+    if (running == LOOP_STARTING ||
+        (running == LOOP_RUNNING &&
+         atomic_load_explicit(&loop->owner, memory_order_relaxed) != self()))
         return -EPERM;
     return 0;
 }
@@ -545,13 +556,14 @@ static void iterate(ioloop_t *loop)
 int ioloop_start(ioloop_t *loop)
 {
     ioloop_t *outer;
-    int idle = 0;
+    int idle = LOOP_IDLE;
 
     if (loop == NULL)
         return -EINVAL;
-    if (!atomic_compare_exchange_strong(&loop->running, &idle, 1))
+    if (!atomic_compare_exchange_strong(&loop->running, &idle, LOOP_STARTING))
         return -EBUSY;
     atomic_store_explicit(&loop->owner, self(), memory_order_relaxed);
+    atomic_store_explicit(&loop->running, LOOP_RUNNING, memory_order_release);
     outer = current_loop;
     current_loop = loop;
 
@@ -567,7 +579,7 @@ int ioloop_start(ioloop_t *loop)
     ioloop__cbq_end(loop);
 
     current_loop = outer;
-    atomic_store_explicit(&loop->running, 0, memory_order_release);
+    atomic_store_explicit(&loop->running, LOOP_IDLE, memory_order_release);
     return 0;
 }
 
