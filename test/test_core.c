@@ -1,7 +1,8 @@
 /*
  * Unit tests of lib/core's internals, where the public API cannot show what matters: the
- * thread-safe errno text helper, and the loop-thread check across restarts (which needs the
- * loop's own `running` field to know when a call must be refused). These tests see the
+ * thread-safe errno text helper, the loop-thread check across restarts (which needs the
+ * loop's own `running` field to know when a call must be refused), and where the loop's
+ * fields sit in memory (which cache lines producers and the loop share). These tests see the
  * library's own headers.
  */
 #include <ioloop.h>
@@ -188,6 +189,38 @@ static void test_core_restart_refuses_previous_owner(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* ---- Memory layout ---------------------------------------------------------------------- */
+
+#define LINE(addr) ((uintptr_t)(addr) / IOLOOP__CACHE_LINE)
+
+/*
+ * The callback queue's lock, which posting threads write, starts a cache line of its own:
+ * the timer fields before it (written by the loop every iteration) end on an earlier line,
+ * and the queue's loop-only part starts on a later one. Checked on real loops, so the
+ * allocation's alignment counts too.
+ */
+static void test_core_loop_layout_cache_lines(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loops[4];
+
+    (void)state;
+    for (int i = 0; i < 4; i++) {
+        ioloop_t *loop = loops[i] = ioloop_new();
+        const char *timers_last = (const char *)(&loop->timers + 1) - 1;
+
+        assert_non_null(loop);
+        assert_int_equal((uintptr_t)loop % IOLOOP__CACHE_LINE, 0);
+        assert_int_equal((uintptr_t)&loop->cbq.lock % IOLOOP__CACHE_LINE, 0);
+        assert_true(LINE(timers_last) < LINE(&loop->cbq.lock));
+        assert_int_equal((uintptr_t)&loop->cbq.spare % IOLOOP__CACHE_LINE, 0);
+        assert_true(LINE(&loop->cbq.lock) < LINE(&loop->cbq.spare));
+    }
+    for (int i = 0; i < 4; i++)
+        ioloop_free(loops[i]);
+    assert_int_equal(test_count_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -195,6 +228,7 @@ int main(void)
         cmocka_unit_test(test_core_strerror_unknown),
         cmocka_unit_test(test_core_strerror_threads),
         cmocka_unit_test(test_core_restart_refuses_previous_owner),
+        cmocka_unit_test(test_core_loop_layout_cache_lines),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
