@@ -1149,6 +1149,57 @@ static void test_loop_orphaned_registration_rebuilds(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/*
+ * An fd removed and closed while a dup keeps its file open, so that the deferred DEL of the
+ * next iteration fails and the registration stays in the kernel as an orphan; then dup2()
+ * makes the number name that same file again. Registering it takes the orphan over (the
+ * kernel refuses a second registration of the same file and fd) instead of failing with
+ * -EEXIST, and the new handler gets the fd's events: its own, with no stale ones and no
+ * rebuild, on this and later runs.
+ */
+static void test_loop_add_adopts_orphaned_registration(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct orphan_ctx c = {0};
+    int s[2], dup_fd;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, count_handler,
+                                        &c.orphan_calls), 0);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    dup_fd = dup(s[0]);
+    assert_true(dup_fd >= 0);
+    close_fd(s[0]);
+    /* One iteration: its DEL meets a closed fd. Nothing is readable, so no event reveals the
+     * orphan and nothing rebuilds the epoll set. */
+    assert_true(ioloop_run_after(loop, 0, stop_cb, NULL) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(dup2(dup_fd, s[0]), s[0]);
+    close_fd(dup_fd);
+
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, orphan_live_handler, &c), 0);
+    for (int round = 1; round <= 2; round++) {
+        write_byte(s[1]);
+        assert_int_equal(ioloop_start(loop), 0);
+        assert_int_equal(c.live_calls, round);
+    }
+    assert_int_equal(c.orphan_calls, 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.io_events, 2);
+    assert_int_equal(st.handlers, 1);
+    assert_int_equal(st.epoll_rebuilds, 0);
+
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    ioloop_free(loop);
+    close_fd(s[0]);
+    close_fd(s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
 /* Both sides are socketpairs with a byte waiting; the first handler switches the other to WRITE. */
 struct upd_stale_ctx;
 
@@ -2140,6 +2191,7 @@ int main(void)
         cmocka_unit_test(test_loop_reused_fd_skips_batch_event),
         cmocka_unit_test(test_loop_remove_add_same_iteration),
         cmocka_unit_test(test_loop_orphaned_registration_rebuilds),
+        cmocka_unit_test(test_loop_add_adopts_orphaned_registration),
         cmocka_unit_test(test_loop_update_skips_excluded_batch_event),
         cmocka_unit_test(test_loop_handler_changes_handlers),
         cmocka_unit_test(test_loop_stop_from_callback),

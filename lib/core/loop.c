@@ -19,7 +19,9 @@
  * the fd and, level-triggered, reports its events on every wait. Every ADD bumps the slot's
  * generation and the generation travels in epoll_data beside the fd, so such an event matches
  * no live registration. The loop then rebuilds its epoll set from the table, which is the only
- * way to drop a registration whose fd is gone.
+ * way to drop a registration whose fd is gone. If the fd number comes to name that file again
+ * (dup2 from the duplicate) before an event gave the orphan away, registering the fd meets it:
+ * ADD fails with EEXIST, and a MOD adopts the orphan under the new generation.
  */
 #include "core/loop.h"
 
@@ -280,7 +282,11 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
     }
     if (!(h->state & IOLOOP__IN_EPOLL)) {
         ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
-        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        /* EEXIST for a slot we do not hold: the kernel still has this very file under this
+         * fd, an orphan (see the top of this file) that dup2() brought back. Adopt it: MOD
+         * gives it our events and the new generation. */
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+            (errno != EEXIST || epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
             return -errno;
         h->gen++;
         h->state |= IOLOOP__IN_EPOLL;
