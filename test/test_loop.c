@@ -1529,27 +1529,75 @@ static void test_loop_stop_idempotent(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+struct restart_ctx {
+    int p[2];
+    int reads;   /* bytes the handler read, one per run */
+    int rc;      /* the first failure of a write or read, or 0 */
+};
+
+/* Reads the byte made readable in this run and ends the run. */
+static void restart_read_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct restart_ctx *c = arg;
+    char byte;
+
+    if (events != IOLOOP_READ || read(fd, &byte, 1) != 1)
+        c->rc = -1;
+    c->reads++;
+    ioloop_stop(loop);
+}
+
+/* A timer of the restarted run: only now does the fd become readable. */
+static void restart_write_cb(ioloop_t *loop, void *arg)
+{
+    struct restart_ctx *c = arg;
+
+    (void)loop;
+    if (write(c->p[1], "x", 1) != 1)
+        c->rc = -errno;
+}
+
+/* A stopped loop starts again with its registrations: after each restart, an fd registered
+ * before the first start becomes readable and its event arrives (and ends the run). */
 static void test_loop_restart(void **state)
 {
     int before = test_count_fds();
     ioloop_t *loop = ioloop_new();
-    int stops = 0, calls = 0, p[2];
+    struct restart_ctx c = {0};
+    int stops = 0, guard = 0;
+    int64_t guard_id;
+    ioloop_stats_t st;
 
     (void)state;
     assert_non_null(loop);
-    make_pipe(p);
-    /* A registration survives the restarts. */
-    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, count_handler, &calls), 0);
+    make_pipe(c.p);
+    assert_int_equal(ioloop_add_handler(loop, c.p[0], IOLOOP_READ, restart_read_handler, &c),
+                     0);
+    /* The first run ends by a timer, with nothing readable. */
+    assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+    assert_int_equal(c.reads, 0);
+
     for (int round = 1; round <= 3; round++) {
-        assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+        /* Ends a run whose event never comes, so that a failure does not hang the test. */
+        guard_id = ioloop_run_after(loop, 5000, stop_cb, &guard);
+        assert_true(guard_id > 0);
+        assert_true(ioloop_run_after(loop, 0, restart_write_cb, &c) > 0);
         assert_int_equal(ioloop_start(loop), 0);
-        assert_int_equal(stops, round);
+        assert_int_equal(guard, 0);
+        assert_int_equal(c.rc, 0);
+        assert_int_equal(c.reads, round);
+        assert_int_equal(ioloop_cancel_timer(loop, guard_id), 0);
     }
-    assert_int_equal(calls, 0);
-    assert_int_equal(ioloop_remove_handler(loop, p[0]), 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.io_events, 3);
+    assert_int_equal(stops, 1);
+
+    assert_int_equal(ioloop_remove_handler(loop, c.p[0]), 0);
     ioloop_free(loop);
-    close_fd(p[0]);
-    close_fd(p[1]);
+    close_fd(c.p[0]);
+    close_fd(c.p[1]);
     assert_int_equal(test_count_fds(), before);
 }
 
