@@ -67,17 +67,33 @@ int ioloop__check_thread(const ioloop_t *loop)
     return 0;
 }
 
-ioloop_t *ioloop_new(void)
+static _Atomic uint32_t next_uid = 1;
+
+uint32_t ioloop__uid_reserve(unsigned n)
+{
+    uint32_t first = atomic_load_explicit(&next_uid, memory_order_relaxed), next;
+
+    do {
+        if (first > IOLOOP__UID_MAX - n + 1)
+            first = 1; /* wrap: uids are unique among the last 2^22 - 1 loops only */
+        next = first + n;
+    } while (!atomic_compare_exchange_weak_explicit(&next_uid, &first, next,
+                                                    memory_order_relaxed, memory_order_relaxed));
+    return first;
+}
+
+ioloop_t *ioloop__new_with_uid(uint32_t uid)
 {
     ioloop_t *loop = calloc(1, sizeof *loop);
     int err;
 
     if (loop == NULL)
         return NULL;
+    loop->uid = uid;
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
     loop->deferred_tail = &loop->deferred;
-    pthread_mutex_init(&loop->conns_lock, NULL);
+    loop->owned.prev = loop->owned.next = &loop->owned;
     atomic_init(&loop->owner, self());
     loop->now_us = ioloop__clock_ns() / 1000u;
 
@@ -95,6 +111,11 @@ ioloop_t *ioloop_new(void)
     return NULL;
 }
 
+ioloop_t *ioloop_new(void)
+{
+    return ioloop__new_with_uid(ioloop__uid_reserve(1));
+}
+
 void ioloop_free(ioloop_t *loop)
 {
     if (loop == NULL)
@@ -104,17 +125,47 @@ void ioloop_free(ioloop_t *loop)
                         "return first\n", (void *)loop);
         abort();
     }
-    run_deferred(loop); /* internal clean-ups (closing connections) still owe their fds */
+    /* What the loop owns ends first (connections get on_close(-ECANCELED)), while timers,
+     * handlers and the callback queue still work for the clean-ups it runs. */
+    ioloop__run_deferred_all(loop);
+    while (loop->owned.next != &loop->owned)
+        loop->owned.next->cancel(loop, loop->owned.next);
+    ioloop__run_deferred_all(loop);
     ioloop__signals_fini(loop);
     ioloop__timers_fini(loop);
     ioloop__cbq_fini(loop);
     if (loop->epfd >= 0)
         close(loop->epfd);
-    pthread_mutex_destroy(&loop->conns_lock);
     free(loop->changes);
     free(loop->handlers);
     free(loop->events);
     free(loop);
+}
+
+void ioloop__own(ioloop_t *loop, struct ioloop_owned *node)
+{
+    node->prev = loop->owned.prev;
+    node->next = &loop->owned;
+    loop->owned.prev->next = node;
+    loop->owned.prev = node;
+}
+
+void ioloop__disown(struct ioloop_owned *node)
+{
+    node->prev->next = node->next;
+    node->next->prev = node->prev;
+    node->prev = node->next = node;
+}
+
+void ioloop_set_data(ioloop_t *loop, void *data)
+{
+    if (loop != NULL)
+        atomic_store_explicit(&loop->data, data, memory_order_release);
+}
+
+void *ioloop_data(const ioloop_t *loop)
+{
+    return loop != NULL ? atomic_load_explicit(&loop->data, memory_order_acquire) : NULL;
 }
 
 /* ---- The handler table ------------------------------------------------------------------ */
@@ -375,6 +426,12 @@ static size_t run_deferred(ioloop_t *loop)
         n++;
     }
     return n;
+}
+
+void ioloop__run_deferred_all(ioloop_t *loop)
+{
+    while (run_deferred(loop) > 0)
+        ;
 }
 
 /* ---- One iteration ---------------------------------------------------------------------- */

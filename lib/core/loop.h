@@ -5,7 +5,6 @@
 #ifndef IOLOOP_LIB_LOOP_H
 #define IOLOOP_LIB_LOOP_H
 
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -40,11 +39,28 @@ struct ioloop_handler {
 
 /* Deferred work: a node embedded in the caller's struct, run by the loop after the queued
  * callbacks of the current iteration (and before start() returns). Deferring cannot fail and
- * allocates nothing; the connection layer uses it to run on_close outside any other call. */
+ * allocates nothing; the connection layer uses it to flush gathered output and to run
+ * on_close outside any other call. */
 struct ioloop_deferred {
     struct ioloop_deferred *next;
     void (*fn)(ioloop_t *loop, struct ioloop_deferred *node);
 };
+
+/* An object that belongs to the loop and must end with it (the connection table, a resolver
+ * channel): ioloop_free() calls `cancel`, which ends the object's work (callbacks get
+ * -ECANCELED) and disowns it. Nodes are embedded in the owner's struct. */
+struct ioloop_owned {
+    struct ioloop_owned *prev, *next;
+    void (*cancel)(ioloop_t *loop, struct ioloop_owned *node);
+};
+
+/* Loop uids: every loop gets one, unique among the last 2^22 - 1 loops the process created,
+ * never 0. Connection ids carry their loop's uid (lib/net/conns.h). */
+#define IOLOOP__UID_BITS 22
+#define IOLOOP__UID_MAX ((1u << IOLOOP__UID_BITS) - 1)
+
+/* The loop's connections (lib/net/conns.c); core only keeps the pointer. */
+struct ioloop_conns;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -85,10 +101,12 @@ struct ioloop {
     struct ioloop_deferred *deferred; /* FIFO of deferred work: head ... */
     struct ioloop_deferred **deferred_tail; /* ... and where the next node goes */
 
-    /* Servers' connections in this loop by id (lib/server.c): only the loop's thread changes
-     * it, under conns_lock; ioloop_server_send() looks ids up from other threads under it. */
-    struct ioloop_conn *conns;
-    pthread_mutex_t conns_lock;
+    uint32_t uid;                     /* see IOLOOP__UID_BITS */
+    struct ioloop_owned owned;        /* list head: what ioloop_free() must cancel */
+    /* The connection table, created by the loop's first connection; other threads read it
+     * (ioloop_server_send), hence atomic. */
+    struct ioloop_conns *_Atomic conns;
+    _Atomic(void *) data;             /* ioloop_set_data() */
 
     struct ioloop_counters stats;
 };
@@ -109,6 +127,18 @@ void ioloop__handler_del_now(ioloop_t *loop, int fd);
 
 /* Queues `node` to run after this iteration's callbacks. Loop thread; never fails. */
 void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node);
+/* Runs deferred work until none is left (what it defers runs too). Loop thread. */
+void ioloop__run_deferred_all(ioloop_t *loop);
+
+/* Adds `node` to the objects ioloop_free() cancels, or takes it off. Loop thread. */
+void ioloop__own(ioloop_t *loop, struct ioloop_owned *node);
+void ioloop__disown(struct ioloop_owned *node);
+
+/* Reserves n consecutive loop uids and returns the first (a pool's loops get consecutive
+ * uids, so a connection id finds its loop in the pool by subtraction). Any thread. */
+uint32_t ioloop__uid_reserve(unsigned n);
+/* ioloop_new() with a reserved uid. */
+ioloop_t *ioloop__new_with_uid(uint32_t uid);
 
 /* 0 if the calling thread may use the loop's thread-only functions now, else -EPERM. */
 int ioloop__check_thread(const ioloop_t *loop);

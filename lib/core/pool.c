@@ -6,13 +6,15 @@
  * creator waits for the count. From then on every loop belongs to its thread.
  */
 #include "core/pool.h"
-#include "core/thread.h"
 
 #include <errno.h>
 #include <stdbool.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
+
+#include "core/loop.h"
+#include "core/thread.h"
 
 struct pool_worker {
     ioloop_t *loop;
@@ -22,6 +24,7 @@ struct pool_worker {
 
 struct ioloop_pool {
     int size;
+    uint32_t first_uid;         /* the loops' uids are first_uid, first_uid + 1, ... */
     atomic_uint next;           /* the round-robin counter */
     pthread_mutex_t lock;
     pthread_cond_t running_cond;
@@ -59,13 +62,14 @@ ioloop_pool_t *ioloop_pool_new(int nloops)
     if (pool == NULL)
         return NULL;
     pool->size = nloops;
+    pool->first_uid = ioloop__uid_reserve((unsigned)nloops);
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->running_cond, NULL);
 
     for (int i = 0; i < nloops && err == 0; i++) {
         struct pool_worker *w = &pool->workers[i];
 
-        if ((w->loop = ioloop_new()) == NULL)
+        if ((w->loop = ioloop__new_with_uid(pool->first_uid + (uint32_t)i)) == NULL)
             err = -errno;
         else if ((err = ioloop_add_callback(w->loop, on_started, pool)) == 0 &&
                  (err = ioloop__thread_start(&w->thread, "ioloop-loop", worker_main, w->loop)) == 0)
@@ -104,6 +108,13 @@ ioloop_t *ioloop__pool_next(ioloop_pool_t *pool, int *index)
 
     *index = (int)(n % (unsigned)pool->size);
     return pool->workers[*index].loop;
+}
+
+ioloop_t *ioloop__pool_loop_by_uid(ioloop_pool_t *pool, uint32_t uid)
+{
+    uint32_t index = uid - pool->first_uid; /* wraps to a huge value below first_uid */
+
+    return index < (uint32_t)pool->size ? pool->workers[index].loop : NULL;
 }
 
 ioloop_t *ioloop_pool_next(ioloop_pool_t *pool)

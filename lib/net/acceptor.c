@@ -20,6 +20,7 @@
 
 #include <ioloop/log.h>
 
+#include "core/strerror.h"
 #include "core/thread.h"
 
 /* Connections accepted per readiness event: enough to drain a burst, few enough that the
@@ -73,16 +74,19 @@ int ioloop__acceptor_listen(struct ioloop_acceptor *a, const struct ioloop_addre
         return -errno;
     if (a->tcp)
         setsockopt(a->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(a->fd, (const struct sockaddr *)&addr->ss, addr->len) < 0 ||
-        listen(a->fd, BACKLOG) < 0)
+    if (bind(a->fd, (const struct sockaddr *)&addr->ss, addr->len) < 0)
         goto fail;
     if (!a->tcp) {
+        /* From here on the socket file is ours: a failure below must remove it. */
         a->unix_path = strdup(((const struct sockaddr_un *)&addr->ss)->sun_path);
         if (a->unix_path == NULL) {
+            unlink(((const struct sockaddr_un *)&addr->ss)->sun_path);
             errno = ENOMEM;
             goto fail;
         }
     }
+    if (listen(a->fd, BACKLOG) < 0)
+        goto fail;
     a->reserve_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
     if (a->reserve_fd < 0)
         goto fail;
@@ -126,47 +130,53 @@ static void shed_and_back_off(struct ioloop_acceptor *a, int err)
 
     if (ioloop_now_ms(a->loop) >= a->next_warning_ms) {
         IOLOOP_LOG_WARN("accept: %s; shed %llu connection(s), pausing accepts for %d ms",
-                        strerror(-err), (unsigned long long)a->shed, BACKOFF_MS);
+                        ioloop__strerror(err), (unsigned long long)a->shed, BACKOFF_MS);
         a->shed = 0;
         a->next_warning_ms = ioloop_now_ms(a->loop) + WARNING_INTERVAL_MS;
     }
 }
 
+/* Accepts up to ACCEPT_BATCH connections and hands them over in one call. */
 static void on_listen_fd(ioloop_t *loop, int fd, int events, void *arg)
 {
     struct ioloop_acceptor *a = arg;
+    int fds[ACCEPT_BATCH], n = 0, err = 0;
 
-    for (int i = 0; i < ACCEPT_BATCH; i++) {
+    while (n < ACCEPT_BATCH && err == 0) {
         int conn_fd = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
 
         if (conn_fd >= 0) {
             if (a->tcp)
                 ioloop__socket_nodelay(conn_fd);
-            a->on_accept(conn_fd, a->arg);
+            fds[n++] = conn_fd;
             continue;
         }
         switch (errno) {
         case EINTR:
         case ECONNABORTED: /* the client gave up while in the backlog */
         case EPROTO:
-            continue;
-        case EAGAIN:
-            return;
-        case EMFILE:
-        case ENFILE:
-            shed_and_back_off(a, -errno);
-            return;
-        default: /* ENOBUFS, ENOMEM: the kernel is short; back off the same way */
-            if (ioloop_now_ms(a->loop) >= a->next_warning_ms) {
-                IOLOOP_LOG_WARN("accept: %s; pausing accepts for %d ms", strerror(errno),
-                                BACKOFF_MS);
-                a->next_warning_ms = ioloop_now_ms(a->loop) + WARNING_INTERVAL_MS;
-            }
-            ioloop_remove_handler(loop, fd);
-            ioloop_run_after(loop, BACKOFF_MS, on_backoff_over, a);
-            return;
+            break;
+        default:
+            err = -errno;
+            break;
         }
     }
+    if (n > 0)
+        a->on_accept(fds, n, a->arg);
+    if (err == 0 || err == -EAGAIN)
+        return;
+    if (err == -EMFILE || err == -ENFILE) {
+        shed_and_back_off(a, err);
+        return;
+    }
+    /* ENOBUFS, ENOMEM: the kernel is short; back off the same way. */
+    if (ioloop_now_ms(a->loop) >= a->next_warning_ms) {
+        IOLOOP_LOG_WARN("accept: %s; pausing accepts for %d ms", ioloop__strerror(err),
+                        BACKOFF_MS);
+        a->next_warning_ms = ioloop_now_ms(a->loop) + WARNING_INTERVAL_MS;
+    }
+    ioloop_remove_handler(loop, fd);
+    ioloop_run_after(loop, BACKOFF_MS, on_backoff_over, a);
 }
 
 static void *acceptor_main(void *arg)

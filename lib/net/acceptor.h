@@ -17,13 +17,14 @@ struct ioloop_acceptor {
     int fd;                     /* the listening socket */
     int reserve_fd;             /* kept open to be given up when accept runs out of fds */
     bool tcp;
-    char *unix_path;            /* the socket file to remove at close, or NULL */
+    char *unix_path;            /* the socket file we bound, to remove at close, or NULL */
     ioloop_t *loop;             /* the acceptor thread's loop */
     pthread_t thread;
     bool started;
     uint64_t shed;              /* connections shed since the last warning */
     uint64_t next_warning_ms;   /* warnings are rate-limited to one a second */
-    void (*on_accept)(int fd, void *arg); /* in the acceptor thread; owns fd from then on */
+    /* In the acceptor thread, for each batch of accepted connections; owns the fds. */
+    void (*on_accept)(const int *fds, int n, void *arg);
     void *arg;
 };
 

@@ -4,88 +4,95 @@
 #include "net/buffer.h"
 
 #include <errno.h>
-#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
-/* A new buffer's first allocation; large enough for a typical request, small enough that an
- * idle connection with an emptied buffer costs little. */
-#define BUFFER_MIN 2048
+/* A new block's first capacity: a typical request or reply fits, and header plus data stay
+ * within 1 KiB, which glibc serves from its per-thread cache without taking a lock. */
+#define BUFFER_MIN (1024 - sizeof(struct ioloop_buf) - 16)
 
-
-int ioloop__buffer_reserve(struct ioloop_buffer *b, size_t n)
+int ioloop__buf_reserve(struct ioloop_buf **bp, size_t n)
 {
-    size_t len = ioloop__buffer_len(b);
-    size_t cap;
-    char *data;
+    struct ioloop_buf *b = *bp;
+    size_t len = ioloop__buf_len(b), cap;
 
-    if (b->cap - b->end >= n)
-        return 0;
-    if (b->start > 0) { /* reclaim the consumed bytes first */
-        memmove(b->data, b->data + b->start, len);
-        b->start = 0;
-        b->end = len;
-        if (b->cap - len >= n)
+    if (b != NULL) {
+        if (b->cap - b->end >= n)
             return 0;
+        if (b->start > 0) { /* reclaim the consumed bytes first */
+            memmove(b->data, b->data + b->start, len);
+            b->start = 0;
+            b->end = len;
+            if (b->cap - len >= n)
+                return 0;
+        }
     }
-    if (n > SIZE_MAX / 2 - len)
+    if (n > SIZE_MAX / 4 - len)
         return -ENOMEM;
-    for (cap = b->cap ? b->cap : BUFFER_MIN; cap < len + n; cap *= 2)
-        ;
-    data = realloc(b->data, cap);
-    if (data == NULL)
+    cap = b != NULL ? b->cap : BUFFER_MIN;
+    while (cap < len + n)
+        cap *= 2;
+    b = realloc(b, sizeof *b + cap);
+    if (b == NULL)
         return -ENOMEM;
-    b->data = data;
+    if (*bp == NULL)
+        *b = (struct ioloop_buf){0};
     b->cap = cap;
+    *bp = b;
     return 0;
 }
 
-int ioloop__buffer_append(struct ioloop_buffer *b, const void *data, size_t n)
+int ioloop__buf_append(struct ioloop_buf **bp, const void *data, size_t n)
 {
     if (n == 0)
         return 0;
-    if (ioloop__buffer_reserve(b, n) < 0)
+    if (ioloop__buf_reserve(bp, n) < 0)
         return -ENOMEM;
-    memcpy(b->data + b->end, data, n);
-    b->end += n;
+    memcpy((*bp)->data + (*bp)->end, data, n);
+    (*bp)->end += n;
     return 0;
 }
 
-void ioloop__buffer_consume(struct ioloop_buffer *b, size_t n)
+void ioloop__buf_consume(struct ioloop_buf *b, size_t n)
 {
     b->start += n;
     if (b->start == b->end)
         b->start = b->end = 0;
 }
 
-ssize_t ioloop__buffer_read_fd(struct ioloop_buffer *b, int fd)
+ssize_t ioloop__buf_read_fd(struct ioloop_buf **bp, int fd, size_t max)
 {
     char extra[IOLOOP__READ_EXTRA];
+    struct ioloop_buf *b = *bp;
+    size_t space = b != NULL ? b->cap - b->end : 0;
     struct iovec iov[2];
-    size_t space = b->cap - b->end;
+    int n_iov = 0;
     ssize_t n;
 
-    iov[0].iov_base = b->data + b->end;
-    iov[0].iov_len = space;
-    iov[1].iov_base = extra;
-    iov[1].iov_len = sizeof extra;
-    n = space > 0 ? readv(fd, iov, 2) : readv(fd, iov + 1, 1);
+    if (space > max)
+        space = max;
+    if (space > 0)
+        iov[n_iov++] = (struct iovec){b->data + b->end, space};
+    if (max > space)
+        iov[n_iov++] = (struct iovec){extra, max - space < sizeof extra ? max - space
+                                                                         : sizeof extra};
+    n = readv(fd, iov, n_iov);
     if (n < 0)
         return -errno;
     if ((size_t)n <= space) {
         b->end += (size_t)n;
         return n;
     }
-    b->end = b->cap;
-    if (ioloop__buffer_append(b, extra, (size_t)n - space) < 0)
+    if (space > 0)
+        b->end += space;
+    if (ioloop__buf_append(bp, extra, (size_t)n - space) < 0)
         return -ENOMEM;
     return n;
 }
 
-void ioloop__buffer_free(struct ioloop_buffer *b)
+void ioloop__buf_free(struct ioloop_buf **bp)
 {
-    free(b->data);
-    b->data = NULL;
-    b->start = b->end = b->cap = 0;
+    free(*bp);
+    *bp = NULL;
 }

@@ -1,5 +1,6 @@
 /*
- * Connections' internals, shared with the server (lib/server.c).
+ * Connections' internals, shared with the server (lib/net/server.c) and the connection table
+ * (lib/net/conns.c).
  */
 #ifndef IOLOOP_LIB_CONN_H
 #define IOLOOP_LIB_CONN_H
@@ -7,55 +8,60 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include <uthash.h>
-
 #include <ioloop/server.h>
 
-#include "net/buffer.h"
 #include "core/loop.h"
+#include "net/buffer.h"
 
-enum ioloop_conn_state {
-    IOLOOP__CONN_CONNECTING, /* connect() in progress; writes are buffered */
-    IOLOOP__CONN_OPEN,
-    IOLOOP__CONN_CLOSING,    /* no more reading; flushing, then shutdown and close */
-    IOLOOP__CONN_DEAD,       /* unregistered; on_close and the free are deferred */
-};
-
-struct ioloop_conn {
-    ioloop_t *loop;
-    int fd;
-    uint64_t id;
-    enum ioloop_conn_state state;
-    int err;                            /* what on_close will report */
-    uint32_t events;                    /* what the handler watches now (IOLOOP_*) */
-    bool registered;                    /* in the loop's handler table */
-    bool paused;
-    bool close_when_open;               /* ioloop_conn_close() while connecting */
-    bool redeliver_queued;
+/*
+ * What connections of one kind share: a server's accepted connections point at the server's
+ * class, an outgoing connection (or one given limits of its own) at a private copy. The hooks
+ * are the owner's (muduo's close callback): conn.c knows nothing of servers.
+ */
+struct ioloop_conn_class {
     ioloop_conn_handlers_t handlers;
     void *user;
-    void *data;
-    struct ioloop_buffer in;
-    struct ioloop_buffer out;
-    uint64_t idle_us;                   /* 0: no idle timeout */
-    uint64_t last_active_us;            /* the loop's time of the last read or write progress */
-    int64_t idle_timer;
-    struct ioloop_deferred reap;        /* on_close, close(fd), free */
-    struct ioloop_deferred redeliver;   /* present buffered input again after a resume */
-    struct ioloop_server *server;       /* NULL for ioloop_connect()'s connections */
-    UT_hash_handle hh;                  /* in the server's registry, by id */
+    size_t max_input;
+    size_t max_output;
+    void *owner;                            /* the server, for ids looked up by other threads */
+    void (*closing)(ioloop_conn_t *conn);   /* an open connection stops being open */
+    void (*gone)(const struct ioloop_conn_class *cls); /* a connection's on_close returned */
 };
 
-/* Allocates a connection for a connected socket; nothing is registered yet, so any thread may
- * call it. `id_tag` goes in the id's low 16 bits (the loop index for a server's connections).
- * Returns NULL with errno = ENOMEM. */
-ioloop_conn_t *ioloop__conn_new(ioloop_t *loop, int fd, const ioloop_conn_handlers_t *handlers,
-                                void *user, unsigned id_tag);
-/* Loop thread: registers the connection and runs on_open. Returns 0 or a negative errno, in
- * which case nothing ran and the caller still owns conn and fd. */
-int ioloop__conn_open(ioloop_conn_t *conn);
-/* Frees a connection that was never opened (the fd stays the caller's). */
-void ioloop__conn_discard(ioloop_conn_t *conn);
+enum ioloop_conn_state {
+    IOLOOP__CONN_OPEN,    /* reading and writing (maybe still connecting, or after EOF) */
+    IOLOOP__CONN_CLOSING, /* closed by the application or by EOF: flushing what is pending */
+    IOLOOP__CONN_LINGER,  /* shut down for writing: discarding input until EOF or deadline */
+    IOLOOP__CONN_DEAD,    /* out of the handler table; on_close and the free are deferred */
+};
+
+/* 88 bytes: with the handler-table and connection-table slots, an idle connection costs
+ * about 150 bytes of memory. Fields are ordered so that there is no padding. */
+struct ioloop_conn {
+    ioloop_t *loop;
+    struct ioloop_conn_class *cls; /* shared ones are never written through it */
+    void *data;                   /* the application's */
+    struct ioloop_buf *in;        /* unconsumed input; NULL when none */
+    struct ioloop_buf *out;       /* output not yet handed to the kernel; NULL when none */
+    struct ioloop_deferred work;  /* flush, redeliver, reap: see `todo` */
+    int64_t timer;                /* the idle timer, then the linger deadline; 0: none */
+    uint32_t slot;                /* in the connection table; the id is read from there */
+    int fd;
+    uint32_t idle_ms;             /* 0: no idle timeout */
+    uint32_t active_ms;           /* the loop's time of the last progress, rounded up */
+    int16_t err;                  /* what on_close will report (errnos fit in 16 bits) */
+    uint16_t flags;               /* F_* in conn.c */
+    uint8_t state;                /* enum ioloop_conn_state */
+    uint8_t todo;                 /* deferred work queued (T_* in conn.c) */
+    uint8_t events;               /* what the handler watches now (IOLOOP_READ/WRITE) */
+};
+
+/* Loop thread: a connection for a connected socket, registered and opened (on_open runs) —
+ * or, when `connecting`, registered to wait for the connect to finish. Returns the connection,
+ * or NULL with errno (ENOMEM, EMFILE, or what registering fd failed with), in which case
+ * nothing ran and the caller still owns fd. `cls` must outlive the connection. */
+ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
+                                 bool connecting);
 /* Loop thread: closes the connection at once with `err`; on_close follows (deferred). */
 void ioloop__conn_abort(ioloop_conn_t *conn, int err);
 
