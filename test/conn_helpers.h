@@ -171,4 +171,7 @@ void tc_client_open(struct tc_client *c);
 /* Stops the loop, joins its thread, frees it (ioloop_free() in the calling thread). */
 void tc_client_close(struct tc_client *c);
 
+/* Runs only the tests matching $TEST_FILTER (a cmocka pattern, "*" wildcards), if set. */
+void tc_apply_filter(void);
+
 #endif /* IOLOOP_TEST_CONN_HELPERS_H */

@@ -307,7 +307,7 @@ static void test_close_half_close_on_eof_replies_later(void **state)
     static const char want[] = "timer-reply;send-reply;";
     char got[sizeof want - 1];
     ioloop_server_stats_t st;
-    uint64_t id;
+    uint64_t id, eof_us;
     int peer;
 
     (void)state;
@@ -336,9 +336,14 @@ static void test_close_half_close_on_eof_replies_later(void **state)
     test_read_exact(peer, got, sizeof got);
     assert_memory_equal(got, want, sizeof got);
     assert_int_equal(tc_read_eof(peer), 0);
+    eof_us = test_now_us();
 
+    /* The peer's EOF came long ago: no lingering for it, the close ends at once. */
     assert_true(tc_wait(&r, &r.closes, 1));
     check_clean(&r);
+    if (r.close_us > eof_us && r.close_us - eof_us > EOF_CLOSE_MAX_MS * 1000ull)
+        fail_msg("on_close %llu ms after the shutdown of a half-closed connection",
+                 (unsigned long long)(r.close_us - eof_us) / 1000);
     assert_int_equal(r.close_err, 0);
     assert_int_equal(r.eofs, 1);
     assert_int_equal(r.data_after_eof, 0);
@@ -384,7 +389,7 @@ static void test_close_half_close_without_on_eof(void **state)
         .on_close = tc_on_close,
     };
     uint64_t id, deadline;
-    int peer, rc;
+    int peer, rc, accepted = 0;
 
     (void)state;
     tc_rec_init(&r, NULL);
@@ -401,8 +406,10 @@ static void test_close_half_close_without_on_eof(void **state)
      * notices the EOF on its own time; poll for it (bounded). */
     deadline = test_now_us() + TEST_WAIT_MS * 1000ull;
     while ((rc = ioloop_server_call(sv.server, id, count_call, &r)) == 0 &&
-           test_now_us() < deadline)
+           test_now_us() < deadline) {
+        accepted++;
         poll(NULL, 0, 1);
+    }
     assert_int_equal(rc, -ENOENT);
     assert_int_equal(ioloop_server_send(sv.server, id, "x", 1), -ENOENT);
     assert_int_equal(stats_of(sv.server).open, 0);
@@ -414,7 +421,8 @@ static void test_close_half_close_without_on_eof(void **state)
     assert_true(tc_wait(&r, &r.closes, 1));
     check_clean(&r);
     assert_int_equal(r.close_err, 0);
-    assert_int_equal(r.rc[29], 0); /* calls accepted while open saw the connection */
+    /* Every call accepted ran once (with NULL if the EOF came in between). */
+    assert_int_equal(r.rc[28] + r.rc[29], accepted);
     assert_int_equal(ioloop_server_send(sv.server, id, "x", 1), -ENOENT);
     assert_int_equal(stats_of(sv.server).send_dropped, 0);
     assert_int_equal(close(peer), 0);
@@ -615,6 +623,127 @@ static void test_close_send_dropped_counted(void **state)
     close(p[0]);
     close(p[1]);
     tc_server_close(&sv);
+    tc_rec_destroy(&r);
+}
+
+/* The output limit in r->val[6]. */
+static void set_out_limit_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+
+    r->rc[0] = ioloop_conn_set_limits(conn_of(r), 0, r->val[6]);
+}
+
+static void test_close_server_send_over_limit_closes(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r;
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = tc_on_open, .on_data = tc_on_data, .on_close = tc_on_close,
+    };
+    static char big[2000];
+    char got[500];
+    uint64_t id;
+    int peer, end;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &handlers);
+    peer = tc_server_client(&sv, &r, 0);
+    id = id_of(&r);
+    r.val[6] = 1000;
+    tc_run_in_loop(sv.loop, set_out_limit_fn, &r);
+    assert_int_equal(r.rc[0], 0);
+    tc_pattern_fill(big, 0, sizeof big);
+
+    /* Within the limit: delivered. */
+    assert_int_equal(ioloop_server_send(sv.server, id, big, sizeof got), 0);
+    test_read_exact(peer, got, sizeof got);
+    assert_memory_equal(got, big, sizeof got);
+    /* Past it: the connection cannot take the bytes, so it closes rather than go on with a
+     * hole in its stream; the bytes are counted as dropped. */
+    assert_int_equal(ioloop_server_send(sv.server, id, big, sizeof big), 0);
+    assert_true(tc_wait(&r, &r.closes, 1));
+    check_clean(&r);
+    assert_int_equal(r.close_err, -ENOBUFS);
+    assert_int_equal(stats_of(sv.server).send_dropped, sizeof big);
+    assert_int_equal(ioloop_server_send(sv.server, id, big, 1), -ENOENT);
+    end = tc_read_eof(peer);
+    assert_true(end == 0 || end == -ECONNRESET);
+    assert_int_equal(close(peer), 0);
+    tc_server_close(&sv);
+    tc_rec_destroy(&r);
+}
+
+/* Connects from the pool's loop to the server itself: a connection the server does not own. */
+static void connect_self_fn(void *arg)
+{
+    struct tc_rec *rc = arg;
+
+    if (ioloop_connect(rc->loop, rc->test, &client_handlers, rc) == NULL)
+        abort();
+}
+
+static void close_client_fn(void *arg)
+{
+    ioloop_conn_close(conn_of(arg));
+}
+
+static void test_close_ids_of_others_and_closed_enoent(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r, rc;
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = tc_on_open, .on_data = tc_on_data, .on_close = tc_on_close,
+    };
+    char address[64], got[5];
+    uint64_t id1, id2, cid;
+    int p1, p2;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &handlers);
+
+    /* A closed connection's id stays unknown, also once its slot serves another one. */
+    p1 = tc_server_client(&sv, &r, 0);
+    id1 = id_of(&r);
+    assert_int_equal(close(p1), 0);
+    assert_true(tc_wait(&r, &r.closes, 1));
+    p2 = tc_server_client(&sv, &r, 0);
+    id2 = id_of(&r);
+    assert_true(id1 != id2 && id2 != 0);
+    assert_int_equal(ioloop_server_send(sv.server, id1, "stale", 5), -ENOENT);
+    assert_int_equal(ioloop_server_call(sv.server, id1, count_call, &r), -ENOENT);
+    assert_int_equal(ioloop_server_send(sv.server, id2, "fresh", 5), 0);
+    test_read_exact(p2, got, sizeof got);
+    assert_memory_equal(got, "fresh", 5);
+
+    /* A connection of the same loop that the server did not accept is not the server's. */
+    tc_rec_init(&rc, sv.loop);
+    snprintf(address, sizeof address, "127.0.0.1:%d", sv.port);
+    rc.test = address;
+    tc_run_in_loop(sv.loop, connect_self_fn, &rc);
+    assert_true(tc_wait(&rc, &rc.opens, 1));
+    assert_true(tc_wait(&r, &r.opens, 3));
+    cid = id_of(&rc);
+    assert_true(cid != 0 && cid != id2);
+    assert_int_equal(ioloop_server_send(sv.server, cid, "x", 1), -ENOENT);
+    assert_int_equal(ioloop_server_call(sv.server, cid, count_call, &r), -ENOENT);
+
+    tc_run_in_loop(sv.loop, close_client_fn, &rc);
+    assert_true(tc_wait(&rc, &rc.closes, 1));
+    assert_int_equal(close(p2), 0);
+    assert_true(tc_wait(&r, &r.closes, 3));
+    tc_settle(sv.loop);
+    tc_lock(&r);
+    assert_int_equal(r.rc[28] + r.rc[29], 0);
+    assert_int_equal(r.nested, 0);
+    assert_int_equal(r.outside_loop, 0);
+    tc_unlock(&r);
+    assert_int_equal(rc.close_err, 0);
+    assert_int_equal(rc.in_len, 0);
+    tc_server_close(&sv);
+    tc_rec_destroy(&rc);
     tc_rec_destroy(&r);
 }
 
@@ -1000,6 +1129,34 @@ static void test_close_loop_free_cancels_connections(void **state)
     tc_rec_destroy(&t.c);
 }
 
+/*
+ * The server freed while its loop no longer runs: its connections are closed when
+ * ioloop_free() closes them (server.h), in the freeing thread; nothing is left behind.
+ */
+static void test_close_server_free_with_stopped_loop(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r;
+    int peer;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &stuck_handlers);
+    peer = tc_server_client(&sv, &r, TC_SMALL_BUF);
+    ioloop_stop(sv.loop);
+    assert_int_equal(ioloop_server_send(sv.server, id_of(&r), "x", 1), -ESHUTDOWN);
+    assert_int_equal(ioloop_server_call(sv.server, id_of(&r), count_call, &r), -ESHUTDOWN);
+    ioloop_server_free(sv.server);
+    sv.server = NULL; /* gone: LeakSanitizer must not find it through here */
+    ioloop_pool_free(sv.pool);
+    sv.pool = NULL;
+    check_cancelled(&r, "O12C", 3);
+    assert_int_equal(r.rc[28] + r.rc[29], 0);
+    assert_int_equal(close(peer), 0);
+    assert_int_equal(test_count_fds(), sv.fds);
+    tc_rec_destroy(&r);
+}
+
 static void test_close_pool_free_cancels_accepted(void **state)
 {
     static struct tc_server sv;
@@ -1063,14 +1220,19 @@ int main(void)
         cmocka_unit_test(test_close_while_connecting),
         cmocka_unit_test(test_close_server_send_to_closing_enoent),
         cmocka_unit_test(test_close_send_dropped_counted),
+        cmocka_unit_test(test_close_server_send_over_limit_closes),
+        cmocka_unit_test(test_close_ids_of_others_and_closed_enoent),
         cmocka_unit_test(test_close_server_call_runs_once_in_loop),
         cmocka_unit_test(test_close_server_call_ordered_with_sends),
         cmocka_unit_test(test_close_pause_resume_inside_on_data),
         cmocka_unit_test(test_close_pause_in_on_data_resume_later),
         cmocka_unit_test(test_close_loop_free_cancels_connections),
-        cmocka_unit_test(test_close_pool_free_cancels_accepted),
         cmocka_unit_test(test_close_server_free_cancels_flushed),
+        cmocka_unit_test(test_close_server_free_with_stopped_loop),
+        /* Last: it frees the server after its pool. */
+        cmocka_unit_test(test_close_pool_free_cancels_accepted),
     };
 
+    tc_apply_filter();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
