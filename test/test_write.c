@@ -838,6 +838,104 @@ static void test_write_flushed_after_close(void **state)
     tc_rec_destroy(&r);
 }
 
+/*
+ * A callback registered with nothing pending runs after the current callback, even when a
+ * large write made later in that callback stays pending behind it; one registered after a
+ * small write runs as soon as that byte went out (here in the same sendmsg as the large
+ * write), not once everything written after it drained.
+ */
+static void flushed_then_big_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+    ioloop_conn_t *conn = conn_of(r);
+    char *big = tc_pattern_new(TC_BIG + 1);
+
+    tc_call_begin(r);
+    r->rc[0] = ioloop_conn_on_flushed(conn, tc_flushed, TC_TAG(1));
+    r->rc[1] = ioloop_conn_write(conn, big, 1);
+    r->rc[2] = ioloop_conn_on_flushed(conn, tc_flushed, TC_TAG(2));
+    r->rc[3] = ioloop_conn_write(conn, big + 1, TC_BIG);
+    r->val[0] = ioloop_conn_pending(conn);
+    tc_call_end(r);
+    free(big);
+}
+
+static void test_write_flushed_not_held_by_later_writes(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r;
+    int peer;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &plain_handlers);
+    peer = tc_server_client(&sv, &r, TC_SMALL_BUF);
+    tc_run_in_loop(sv.loop, flushed_then_big_fn, &r);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(r.rc[i], 0);
+    /* The large write is mostly pending (the peer reads nothing)... */
+    assert_true(r.val[0] >= TC_BIG / 2);
+    tc_settle(sv.loop);
+    /* ... but the bytes before the callbacks are with the kernel: both ran, in order. */
+    tc_lock(&r);
+    if (r.flushes != 2)
+        fail_msg("%d of 2 on_flushed callbacks ran after their bytes reached the kernel; "
+                 "they wait for the %zu bytes written after them", r.flushes, r.val[0]);
+    assert_string_equal(r.log, "O12");
+    assert_int_equal(r.flush_err[1], 0);
+    assert_int_equal(r.flush_err[2], 0);
+    tc_unlock(&r);
+
+    tc_read_pattern(peer, 0, TC_BIG + 1);
+    close_and_expect_eof(&sv, &r, peer);
+    check_clean(&r);
+    tc_server_close(&sv);
+    tc_rec_destroy(&r);
+}
+
+/* A megabyte, a callback behind it, then four more megabytes. */
+static void flushed_between_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+    ioloop_conn_t *conn = conn_of(r);
+    char *big = tc_pattern_new(5 * TC_BIG);
+
+    r->rc[0] = ioloop_conn_write(conn, big, TC_BIG);
+    r->rc[1] = ioloop_conn_on_flushed(conn, tc_flushed, TC_TAG(1));
+    r->rc[2] = ioloop_conn_write(conn, big + TC_BIG, 4 * TC_BIG);
+    free(big);
+}
+
+static void test_write_flushed_runs_on_partial_drain(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r;
+    int peer;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &plain_handlers);
+    peer = tc_server_client(&sv, &r, TC_SMALL_BUF);
+    tc_run_in_loop(sv.loop, flushed_between_fn, &r);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(r.rc[i], 0);
+    tc_settle(sv.loop);
+    assert_int_equal(tc_get(&r, &r.flushes), 0);
+
+    /* The peer reads the first megabyte and a quarter more: the first megabyte has surely
+     * been handed to the kernel, so the callback runs, while four megabytes still wait. */
+    tc_read_pattern(peer, 0, TC_BIG + TC_BIG / 4);
+    if (!tc_wait(&r, &r.flushes, 1))
+        fail_msg("on_flushed did not run after the peer read past its bytes: it waits for "
+                 "the four megabytes written after it");
+    assert_int_equal(r.flush_err[1], 0);
+    tc_read_pattern(peer, TC_BIG + TC_BIG / 4, 4 * TC_BIG - TC_BIG / 4);
+    close_and_expect_eof(&sv, &r, peer);
+    check_clean(&r);
+    tc_server_close(&sv);
+    tc_rec_destroy(&r);
+}
+
 /* ---- on_drain --------------------------------------------------------------------------- */
 
 static void small_writes_fn(void *arg)
@@ -963,6 +1061,8 @@ int main(void)
         cmocka_unit_test(test_write_flushed_call_order),
         cmocka_unit_test(test_write_flushed_gets_error_before_close),
         cmocka_unit_test(test_write_flushed_after_close),
+        cmocka_unit_test(test_write_flushed_not_held_by_later_writes),
+        cmocka_unit_test(test_write_flushed_runs_on_partial_drain),
         cmocka_unit_test(test_write_drain_only_after_blocked_write),
         cmocka_unit_test(test_write_new_calls_check_thread_and_null),
     };
