@@ -186,7 +186,10 @@ static bool valid_events(int events)
     return (events & USER_EVENTS) != 0 && (events & ~USER_EVENTS) == 0;
 }
 
-/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0). */
+/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0).
+ * A new table comes from calloc() and only the used part is copied: a large calloc is fresh
+ * zeroed pages from the kernel, so the slots beyond the highest fd cost no memory until a fd
+ * that high is registered. */
 static int handlers_reserve(ioloop_t *loop, int fd)
 {
     int n = loop->nhandlers ? loop->nhandlers : HANDLERS_MIN;
@@ -196,10 +199,12 @@ static int handlers_reserve(ioloop_t *loop, int fd)
         return 0;
     while (n <= fd)
         n = n > INT32_MAX / 2 ? INT32_MAX : n * 2;
-    table = realloc(loop->handlers, (size_t)n * sizeof *table);
+    table = calloc((size_t)n, sizeof *table);
     if (table == NULL)
         return -ENOMEM;
-    memset(table + loop->nhandlers, 0, (size_t)(n - loop->nhandlers) * sizeof *table);
+    if (loop->nhandlers > 0)
+        memcpy(table, loop->handlers, (size_t)loop->nhandlers * sizeof *table);
+    free(loop->handlers);
     loop->handlers = table;
     loop->nhandlers = n;
     return 0;
@@ -476,6 +481,8 @@ static void dispatch(ioloop_t *loop, int n)
         if (!(h->events & IOLOOP__HANDLER_INTERNAL))
             delivered++;
         h->fn(loop, fd, ready, h->arg);
+        if (loop->deferred != NULL)
+            run_deferred(loop); /* what the handler wrote goes out now, from a hot buffer */
     }
     ioloop__stat_add(&loop->stats.io_events, delivered);
 }
@@ -491,10 +498,13 @@ static void note_lag(ioloop_t *loop)
 
 /*
  * One iteration: wait for events (not at all if callbacks or deferred work are queued), run the
- * ready fd handlers, then the due timers, then the callbacks queued so far, then the deferred
- * work (connections being closed). The timerfd and the eventfd are handlers like any other;
- * theirs only note that timers or callbacks are due, so that the order above holds whatever
- * order epoll reports them in.
+ * ready fd handlers, then the due timers, then the callbacks queued so far. Deferred work (the
+ * connections' flushes of what was written, their on_close) runs after each fd handler, after
+ * the batch of timers and after the batch of callbacks: output written by a handler reaches
+ * the kernel as soon as that handler returns, while what a batch of timers or callbacks wrote
+ * to one connection goes out together. The timerfd and the eventfd are handlers like any
+ * other; theirs only note that timers or callbacks are due, so that the order above holds
+ * whatever order epoll reports them in.
  */
 static void iterate(ioloop_t *loop)
 {
@@ -516,6 +526,7 @@ static void iterate(ioloop_t *loop)
 
     dispatch(loop, n);
     ioloop__timers_run(loop);
+    run_deferred(loop);
     ioloop__cbq_run(loop);
     run_deferred(loop);
 
