@@ -21,7 +21,9 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdbool.h>
@@ -419,6 +421,7 @@ static void test_close_half_close_without_on_eof(void **state)
     tc_read_pattern(peer, 0, TC_BIG);
     assert_int_equal(tc_read_eof(peer), 0);
     assert_true(tc_wait(&r, &r.closes, 1));
+    tc_settle(sv.loop); /* behind every call accepted */
     check_clean(&r);
     assert_int_equal(r.close_err, 0);
     /* Every call accepted ran once (with NULL if the EOF came in between). */
@@ -501,6 +504,65 @@ static void test_close_while_connecting(void **state)
     /* Whether on_open runs for a connection closed while connecting is not specified. */
     assert_string_equal(log_without(&r, 'O'), "1C");
     assert_int_equal(close(lfd), 0);
+    tc_client_close(&c);
+    assert_int_equal(test_count_fds(), c.fds);
+    tc_rec_destroy(&r);
+}
+
+/* A TCP socket bound to 127.0.0.1 on an ephemeral port, not listening. */
+static int bound_not_listening(int *port)
+{
+    struct sockaddr_in sin = { .sin_family = AF_INET };
+    socklen_t len = sizeof sin;
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+    assert_true(fd >= 0);
+    sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof sin), 0);
+    assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &len), 0);
+    *port = ntohs(sin.sin_port);
+    return fd;
+}
+
+/* Connects to a port nobody listens on, writes, asks to be told, closes. */
+static void connect_refused_close_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+    ioloop_conn_t *conn = ioloop_connect(r->loop, r->test, &client_handlers, r);
+
+    if (conn == NULL)
+        abort();
+    tc_call_begin(r);
+    r->rc[0] = ioloop_conn_write(conn, "lost", 4);
+    r->rc[1] = ioloop_conn_on_flushed(conn, tc_flushed, TC_TAG(1));
+    ioloop_conn_close(conn);
+    tc_call_end(r);
+}
+
+static void test_close_while_connecting_refused(void **state)
+{
+    static struct tc_client c;
+    static struct tc_rec r;
+    char address[64];
+    int fd, port;
+
+    (void)state;
+    tc_client_open(&c);
+    tc_rec_init(&r, c.loop);
+    /* Bound and not listening: the port is ours and refuses. */
+    fd = bound_not_listening(&port);
+    snprintf(address, sizeof address, "127.0.0.1:%d", port);
+    r.test = address;
+    tc_run_in_loop(c.loop, connect_refused_close_fn, &r);
+    assert_int_equal(r.rc[0], 0);
+    assert_int_equal(r.rc[1], 0);
+    assert_true(tc_wait(&r, &r.closes, 1));
+    check_clean(&r);
+    /* The connect failed: the waiting callback gets on_close's error, before it. */
+    assert_int_equal(r.close_err, -ECONNREFUSED);
+    assert_int_equal(r.flush_err[1], -ECONNREFUSED);
+    assert_string_equal(r.log, "1C");
+    assert_int_equal(close(fd), 0);
     tc_client_close(&c);
     assert_int_equal(test_count_fds(), c.fds);
     tc_rec_destroy(&r);
@@ -603,7 +665,7 @@ static void test_close_send_dropped_counted(void **state)
 
     /* While the loop is held, the connection is open: both sends are accepted. The call
      * ahead of them then closes it, so they are dropped, and the call behind them finds it
-     * closing. */
+     * closing or already closed. */
     assert_int_equal(ioloop_server_call(sv.server, id, block_then_close_call, &r), 0);
     assert_int_equal(ioloop_server_send(sv.server, id, a, sizeof a), 0);
     assert_int_equal(ioloop_server_send(sv.server, id, b, sizeof b), 0);
@@ -614,6 +676,9 @@ static void test_close_send_dropped_counted(void **state)
     assert_int_equal(tc_read_eof(peer), 0);
     assert_int_equal(close(peer), 0);
     assert_true(tc_wait(&r, &r.closes, 1));
+    /* The peer's EOF may end the linger before the loop runs the queued sends and the call:
+     * a round trip behind them (posted from this thread, so after them) settles that. */
+    tc_settle(sv.loop);
     check_clean(&r);
     assert_int_equal(r.close_err, 0);
     assert_int_equal(r.rc[27], 1);
@@ -835,6 +900,110 @@ static void test_close_server_call_runs_once_in_loop(void **state)
     assert_int_equal(tc_get(&r, &r.rc[0]), 1);
     tc_server_close(&sv);
     tc_rec_destroy(&r);
+}
+
+/* Connections of a two-loop pool, noted by on_open. */
+#define SPREAD_CONNS 6
+
+struct spread {
+    pthread_mutex_t lock;
+    int n;
+    ioloop_conn_t *conn[SPREAD_CONNS];
+    ioloop_t *loop[SPREAD_CONNS];
+    uint64_t id[SPREAD_CONNS];
+    int ran[SPREAD_CONNS], wrong[SPREAD_CONNS];
+};
+
+static struct spread spread = { .lock = PTHREAD_MUTEX_INITIALIZER };
+
+static void spread_on_open(ioloop_conn_t *conn)
+{
+    pthread_mutex_lock(&spread.lock);
+    if (spread.n < SPREAD_CONNS) {
+        spread.conn[spread.n] = conn;
+        spread.loop[spread.n] = ioloop_current();
+        spread.id[spread.n] = ioloop_conn_id(conn);
+        spread.n++;
+    }
+    pthread_mutex_unlock(&spread.lock);
+}
+
+static size_t spread_on_data(ioloop_conn_t *conn, const char *data, size_t len)
+{
+    (void)conn;
+    (void)data;
+    return len;
+}
+
+static void spread_call(ioloop_conn_t *conn, void *arg)
+{
+    int i = (int)(uintptr_t)arg;
+
+    pthread_mutex_lock(&spread.lock);
+    spread.ran[i]++;
+    if (conn != spread.conn[i] || ioloop_current() != spread.loop[i] ||
+        ioloop_conn_loop(conn) != spread.loop[i])
+        spread.wrong[i]++;
+    pthread_mutex_unlock(&spread.lock);
+}
+
+static void test_close_server_call_finds_each_loop(void **state)
+{
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = spread_on_open, .on_data = spread_on_data,
+    };
+    int fds = test_count_fds(), peers[SPREAD_CONNS], loops = 0;
+    ioloop_pool_t *pool = ioloop_pool_new(2);
+    ioloop_server_t *server;
+    uint64_t deadline;
+
+    (void)state;
+    assert_non_null(pool);
+    server = ioloop_server_new(pool, "127.0.0.1:0", &handlers, NULL);
+    assert_non_null(server);
+    assert_int_equal(ioloop_server_start(server), 0);
+    for (int i = 0; i < SPREAD_CONNS; i++) {
+        /* One at a time, so that index i is the i-th connection opened. */
+        peers[i] = tc_connect(ioloop_server_port(server), 0);
+        deadline = test_now_us() + TEST_WAIT_MS * 1000ull;
+        for (;;) {
+            int n;
+
+            pthread_mutex_lock(&spread.lock);
+            n = spread.n;
+            pthread_mutex_unlock(&spread.lock);
+            if (n > i)
+                break;
+            assert_true(test_now_us() < deadline);
+            assert_int_equal(test_wait_fd(peers[i], POLLIN, 1), 0);
+        }
+    }
+    pthread_mutex_lock(&spread.lock);
+    for (int i = 0; i < SPREAD_CONNS; i++)
+        loops += spread.loop[i] == ioloop_pool_loop(pool, 1);
+    pthread_mutex_unlock(&spread.lock);
+    /* Round-robin: both loops have connections. */
+    assert_true(loops > 0 && loops < SPREAD_CONNS);
+
+    for (int i = 0; i < SPREAD_CONNS; i++)
+        assert_int_equal(ioloop_server_call(server, spread.id[i], spread_call,
+                                            (void *)(uintptr_t)i), 0);
+    for (int l = 0; l < 2; l++) {
+        tc_run_in_loop(ioloop_pool_loop(pool, l), NULL, NULL);
+        tc_run_in_loop(ioloop_pool_loop(pool, l), NULL, NULL);
+    }
+    pthread_mutex_lock(&spread.lock);
+    for (int i = 0; i < SPREAD_CONNS; i++) {
+        assert_int_equal(spread.ran[i], 1);
+        assert_int_equal(spread.wrong[i], 0);
+    }
+    pthread_mutex_unlock(&spread.lock);
+
+    ioloop_server_free(server);
+    ioloop_pool_free(pool);
+    for (int i = 0; i < SPREAD_CONNS; i++)
+        assert_int_equal(close(peers[i]), 0);
+    assert_int_equal(test_count_fds(), fds);
 }
 
 /* A call of the order test: writes "c<nnn>;". */
@@ -1218,11 +1387,13 @@ int main(void)
         cmocka_unit_test(test_close_half_close_on_eof_replies_later),
         cmocka_unit_test(test_close_half_close_without_on_eof),
         cmocka_unit_test(test_close_while_connecting),
+        cmocka_unit_test(test_close_while_connecting_refused),
         cmocka_unit_test(test_close_server_send_to_closing_enoent),
         cmocka_unit_test(test_close_send_dropped_counted),
         cmocka_unit_test(test_close_server_send_over_limit_closes),
         cmocka_unit_test(test_close_ids_of_others_and_closed_enoent),
         cmocka_unit_test(test_close_server_call_runs_once_in_loop),
+        cmocka_unit_test(test_close_server_call_finds_each_loop),
         cmocka_unit_test(test_close_server_call_ordered_with_sends),
         cmocka_unit_test(test_close_pause_resume_inside_on_data),
         cmocka_unit_test(test_close_pause_in_on_data_resume_later),

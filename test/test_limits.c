@@ -327,6 +327,59 @@ static void test_limits_default_output_limit(void **state)
     tc_rec_destroy(&r);
 }
 
+/* The limits are the connection's own: another connection of the server keeps the default. */
+static void tiny_limit_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+    char buf[2000];
+
+    memset(buf, 't', sizeof buf);
+    r->rc[0] = ioloop_conn_set_limits(r->conn, 0, 1000);
+    r->rc[1] = ioloop_conn_write(r->conn, buf, sizeof buf);
+}
+
+static void default_limit_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+
+    r->rc[2] = ioloop_conn_write(r->conn, r->test, 2000);
+}
+
+static void test_limits_are_per_connection(void **state)
+{
+    static struct tc_server sv;
+    static struct tc_rec r;
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = tc_on_open, .on_data = tc_on_data, .on_close = tc_on_close,
+    };
+    char *stream = tc_pattern_new(2000);
+    int p1, p2;
+
+    (void)state;
+    tc_rec_init(&r, NULL);
+    tc_server_open(&sv, &r, &handlers);
+    p1 = tc_server_client(&sv, &r, 0);
+    tc_run_in_loop(sv.loop, tiny_limit_fn, &r); /* on the first connection */
+    assert_int_equal(r.rc[0], 0);
+    assert_int_equal(r.rc[1], -ENOBUFS);
+    p2 = tc_server_client(&sv, &r, 0);
+    r.test = stream;
+    tc_run_in_loop(sv.loop, default_limit_fn, &r); /* on the second one */
+    assert_int_equal(r.rc[2], 0);
+    tc_read_pattern(p2, 0, 2000);
+    assert_int_equal(close(p1), 0);
+    assert_int_equal(close(p2), 0);
+    assert_true(tc_wait(&r, &r.closes, 2));
+    tc_lock(&r);
+    assert_int_equal(r.close_err, 0);
+    assert_int_equal(r.nested, 0);
+    assert_int_equal(r.outside_loop, 0);
+    tc_unlock(&r);
+    free(stream);
+    tc_server_close(&sv);
+    tc_rec_destroy(&r);
+}
+
 /* ---- The input limit -------------------------------------------------------------------- */
 
 /* Sets the input limit to r->val[6] (0: leaves the default). */
@@ -521,6 +574,7 @@ int main(void)
         cmocka_unit_test(test_limits_output_enobufs_then_drain),
         cmocka_unit_test(test_limits_lowering_drops_nothing),
         cmocka_unit_test(test_limits_default_output_limit),
+        cmocka_unit_test(test_limits_are_per_connection),
         cmocka_unit_test(test_limits_input_closes_at_limit),
         cmocka_unit_test(test_limits_input_burst_past_limit),
         cmocka_unit_test(test_limits_default_input_limit),
