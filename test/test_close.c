@@ -1326,6 +1326,82 @@ static void test_close_server_free_with_stopped_loop(void **state)
     tc_rec_destroy(&r);
 }
 
+/* on_close that connects again (a naive reconnecting client), at most rc[0] times. */
+static void reconnect_on_close(ioloop_conn_t *conn, int err);
+
+static const ioloop_conn_handlers_t reconnect_handlers = {
+    .on_open = tc_on_open, .on_data = tc_on_data, .on_close = reconnect_on_close,
+};
+
+static void reconnect_on_close(ioloop_conn_t *conn, int err)
+{
+    struct tc_rec *r = tc_enter(conn);
+    ioloop_t *loop = ioloop_conn_loop(conn);
+    bool again;
+
+    tc_event(r, conn, 'C', err, 0);
+    tc_lock(r);
+    again = r->rc[1] < r->rc[0];
+    if (again)
+        r->rc[1]++;
+    tc_unlock(r);
+    if (again) {
+        ioloop_conn_t *next = ioloop_connect(loop, r->test, &reconnect_handlers, r);
+
+        tc_lock(r);
+        if (next == NULL)
+            r->rc[2]++;
+        tc_unlock(r);
+    }
+    tc_leave(r);
+}
+
+static void reconnect_first_fn(void *arg)
+{
+    struct tc_rec *r = arg;
+
+    if (ioloop_connect(r->loop, r->test, &reconnect_handlers, r) == NULL)
+        abort();
+}
+
+/* Connections opened by on_close while ioloop_free() cancels are cancelled too. */
+static void test_close_loop_free_cancels_reconnects(void **state)
+{
+    static struct tc_client c;
+    static struct tc_rec r;
+    char address[64];
+    int lfd, port, peer;
+
+    (void)state;
+    tc_client_open(&c);
+    tc_rec_init(&r, c.loop);
+    lfd = tc_listen(&port, 0);
+    snprintf(address, sizeof address, "127.0.0.1:%d", port);
+    r.test = address;
+    r.rc[0] = 3;
+    tc_run_in_loop(c.loop, reconnect_first_fn, &r);
+    peer = tc_accept(lfd);
+    assert_true(tc_wait(&r, &r.opens, 1));
+    ioloop_stop(c.loop);
+    assert_int_equal(test_loop_thread_join(&c.thread), 0);
+    ioloop_free(c.loop);
+    c.loop = NULL;
+
+    /* The first connection and the three made by on_close: all cancelled, here. */
+    tc_lock(&r);
+    assert_int_equal(r.closes, 4);
+    assert_int_equal(r.close_err, -ECANCELED);
+    assert_int_equal(r.rc[1], 3);
+    assert_int_equal(r.rc[2], 0);
+    assert_int_equal(r.outside_owner, 0);
+    assert_int_equal(r.nested, 0);
+    tc_unlock(&r);
+    assert_int_equal(close(peer), 0);
+    assert_int_equal(close(lfd), 0);
+    assert_int_equal(test_count_fds(), c.fds);
+    tc_rec_destroy(&r);
+}
+
 static void test_close_pool_free_cancels_accepted(void **state)
 {
     static struct tc_server sv;
@@ -1398,6 +1474,7 @@ int main(void)
         cmocka_unit_test(test_close_pause_resume_inside_on_data),
         cmocka_unit_test(test_close_pause_in_on_data_resume_later),
         cmocka_unit_test(test_close_loop_free_cancels_connections),
+        cmocka_unit_test(test_close_loop_free_cancels_reconnects),
         cmocka_unit_test(test_close_server_free_cancels_flushed),
         cmocka_unit_test(test_close_server_free_with_stopped_loop),
         /* Last: it frees the server after its pool. */
