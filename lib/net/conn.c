@@ -342,12 +342,13 @@ static int send_pending(ioloop_conn_t *conn)
     return conn->state == IOLOOP__CONN_DEAD ? -1 : 0;
 }
 
-/* After output reached the kernel: the on_flushed callbacks it satisfied; then, once all is
- * out, the next step of a close, or on_drain if the connection had to wait. */
+/* After output reached the kernel: the on_flushed callbacks it satisfied (also when more is
+ * still pending); then, once all is out, the next step of a close, or on_drain if the
+ * connection had to wait. */
 static void after_send(ioloop_conn_t *conn, bool waited)
 {
     run_flushed(conn, 0, false);
-    if (conn->state == IOLOOP__CONN_DEAD || pending(conn) > 0)
+    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_BLOCKED) || pending(conn) > 0)
         return;
     ioloop__buf_free(&conn->out); /* drained, no callback left: an idle connection holds none */
     if (conn->state == IOLOOP__CONN_CLOSING && !(conn->flags & F_CONNECTING))
@@ -356,24 +357,25 @@ static void after_send(ioloop_conn_t *conn, bool waited)
         conn->cls->handlers.on_drain(conn);
 }
 
-/* The deferred flush: everything gathered goes to the kernel in one send. */
+/* The deferred flush: everything gathered goes to the kernel in one send (unless the kernel
+ * is refusing output: then only the callbacks already satisfied run). */
 static void flush(ioloop_conn_t *conn)
 {
-    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & (F_CONNECTING | F_BLOCKED)))
+    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_CONNECTING))
         return;
-    if (pending(conn) > 0 && send_pending(conn) < 0)
+    if (!(conn->flags & F_BLOCKED) && pending(conn) > 0 && send_pending(conn) < 0)
         return;
-    if (!(conn->flags & F_BLOCKED))
-        after_send(conn, false);
+    after_send(conn, false);
 }
 
 static void handle_writable(ioloop_conn_t *conn)
 {
     conn->flags &= (uint16_t)~F_BLOCKED;
-    if (send_pending(conn) < 0 || (conn->flags & F_BLOCKED))
+    if (send_pending(conn) < 0)
         return;
-    watch(conn);
-    after_send(conn, true);
+    if (!(conn->flags & F_BLOCKED))
+        watch(conn);
+    after_send(conn, !(conn->flags & F_BLOCKED));
 }
 
 /*
@@ -424,8 +426,10 @@ static int write_direct(ioloop_conn_t *conn, const struct iovec *iov, int iovcnt
     }
     if (pending(conn) > 0)
         block(conn);
-    else if (conn->out != NULL)
+    if (conn->out != NULL && conn->out->flushed != NULL)
         want(conn, T_FLUSH); /* on_flushed callbacks may be due, after this callback */
+    else if (conn->out != NULL && pending(conn) == 0)
+        ioloop__buf_free(&conn->out);
     return 0;
 }
 
