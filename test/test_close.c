@@ -5,9 +5,13 @@
  * with on_eof (replies from a timer and from another thread still go out) and without it
  * (EOF closes once the output drained), closing while connecting, ioloop_server_send() and
  * ioloop_server_call() against closing and closed connections (-ENOENT, send_dropped,
- * fn(NULL)), the order of calls and sends from one thread, pause and resume inside on_data,
- * and the one-owner rule: ioloop_free(), ioloop_pool_free() and ioloop_server_free() cancel
- * live connections (pending on_flushed first, then on_close) and leave no fd behind.
+ * fn(NULL)), a server_send the connection cannot take (-ENOBUFS close, counted), ids of
+ * closed and foreign connections, server_call reaching each loop of a pool, the order of
+ * calls and sends from one thread, pause and resume inside on_data, and the one-owner rule:
+ * ioloop_free(), ioloop_pool_free() and ioloop_server_free() cancel live connections (pending
+ * on_flushed first, then on_close), also those on_close opens meanwhile and those still
+ * connecting, and leave no fd and no memory behind. The test that frees a server after its
+ * pool runs last: it ends the binary if the library touches the freed pool.
  *
  * Accepted connections come from a server on a one-loop pool, outgoing ones from a client loop
  * in a thread of its own; the peers are plain blocking sockets the test thread drives. Each
@@ -1300,7 +1304,8 @@ static void test_close_loop_free_cancels_connections(void **state)
 
 /*
  * The server freed while its loop no longer runs: its connections are closed when
- * ioloop_free() closes them (server.h), in the freeing thread; nothing is left behind.
+ * ioloop_free() closes them (server.h), in the freeing thread, and the server is freed too:
+ * nothing is left behind (a server kept alive is memory LeakSanitizer reports at exit).
  */
 static void test_close_server_free_with_stopped_loop(void **state)
 {

@@ -2,8 +2,8 @@
  * Unit tests of the bounded buffers of part two (API.md §5 "Bounded memory",
  * ioloop_conn_set_limits()): a peer that never reads makes writes fail with -ENOBUFS, a
  * failing write takes nothing, on_drain follows once the peer read and writing works again;
- * set_limits with 0 keeps a limit, lowering a limit drops nothing, its errors; the default
- * output limit; unconsumed input reaching the input limit closes the connection with -ENOBUFS
+ * set_limits with 0 keeps a limit, lowering a limit drops nothing, its errors, limits are
+ * per connection; the default output limit; unconsumed input reaching the input limit closes the connection with -ENOBUFS
  * after on_data was shown at least the limit (also the default 16 MiB), and consumed input
  * never counts.
  *

@@ -5,14 +5,16 @@
  * caller's buffer being free again when a write returns, writev's argument checks and its
  * all-or-nothing rule, ioloop_conn_pending() counting every byte the kernel has not taken,
  * ioloop_conn_on_flushed() (after the kernel took the bytes, never inside the call, in call
- * order, with the connection's error before on_close, after a close, -EPIPE once closing),
- * on_drain only after a write that had to wait, and the loop-thread and NULL checks of the
- * new functions.
+ * order, not held back by bytes written after it, with the connection's error before
+ * on_close, after a close, -EPIPE once closing), on_drain only after a write that had to
+ * wait, and the loop-thread and NULL checks of the new functions.
  *
  * The connection under test is accepted by a server on a one-loop pool; its peer is a plain
- * blocking socket the test thread drives. Code that must run in the connection's loop is
- * posted there (tc_run_in_loop) or comes through ioloop_server_call(). Each test checks that
- * the fd count is restored.
+ * blocking socket the test thread drives. "One send" is observed in the kernel's own count of
+ * data segments the socket sent (TCP_INFO tcpi_data_segs_out), which needs no tracing and
+ * cannot be fooled by the peer's receive queue merging segments. Code that must run in the
+ * connection's loop is posted there (tc_run_in_loop) or comes through ioloop_server_call().
+ * Each test checks that the fd count is restored.
  */
 #include <ioloop.h>
 
