@@ -120,7 +120,7 @@ int main(int argc, char **argv)
     ioloop_server_t *server;
     ioloop_pool_t *pool;
     ioloop_t *main_loop;
-    int nloops;
+    int nloops, err;
 
     if (parse_options(argc, argv, &opt) < 0) {
         fprintf(stderr, "usage: %s [-a ADDRESS] [-n LOOPS (0: one per CPU)] [-q] [-t SECONDS]\n",
@@ -132,9 +132,14 @@ int main(int argc, char **argv)
     /* Signals first: the pool's threads are created after the mask is set (and block every
      * signal anyway), so SIGINT and SIGTERM reach only the main loop's signalfd. */
     main_loop = ioloop_new();
-    if (main_loop == NULL || ioloop_add_signal(main_loop, SIGINT, on_signal, NULL) < 0 ||
-        ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL) < 0) {
+    if (main_loop == NULL) {
         perror("echo_server: main loop");
+        return 1;
+    }
+    /* ioloop_add_signal() returns a negative errno; it does not set errno. */
+    if ((err = ioloop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
+        (err = ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
+        fprintf(stderr, "echo_server: main loop: ioloop_add_signal: %s\n", strerror(-err));
         return 1;
     }
     if (opt.seconds > 0)

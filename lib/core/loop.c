@@ -19,11 +19,14 @@
  * the fd and, level-triggered, reports its events on every wait. Every ADD bumps the slot's
  * generation and the generation travels in epoll_data beside the fd, so such an event matches
  * no live registration. The loop then rebuilds its epoll set from the table, which is the only
- * way to drop a registration whose fd is gone.
+ * way to drop a registration whose fd is gone. If the fd number comes to name that file again
+ * (dup2 from the duplicate) before an event gave the orphan away, registering the fd meets it:
+ * ADD fails with EEXIST, and a MOD adopts the orphan under the new generation.
  */
 #include "core/loop.h"
 
 #include <errno.h>
+#include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,10 +62,21 @@ uint64_t ioloop__clock_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * The states of loop->running. A start moves it from LOOP_IDLE to LOOP_STARTING, stores its
+ * thread as the owner, and only then moves it to LOOP_RUNNING (release): a thread that sees
+ * LOOP_RUNNING sees the new owner too. LOOP_STARTING means the loop is about to run in some
+ * other thread (the starting thread itself never sees it), so the check refuses everyone.
+ */
+enum { LOOP_IDLE, LOOP_STARTING, LOOP_RUNNING };
+
 int ioloop__check_thread(const ioloop_t *loop)
 {
-    if (atomic_load_explicit(&loop->running, memory_order_acquire) &&
-        atomic_load_explicit(&loop->owner, memory_order_relaxed) != self())
+    int running = atomic_load_explicit(&loop->running, memory_order_acquire);
+
+    if (running == LOOP_STARTING ||
+        (running == LOOP_RUNNING &&
+         atomic_load_explicit(&loop->owner, memory_order_relaxed) != self()))
         return -EPERM;
     return 0;
 }
@@ -84,11 +98,14 @@ uint32_t ioloop__uid_reserve(unsigned n)
 
 ioloop_t *ioloop__new_with_uid(uint32_t uid)
 {
-    ioloop_t *loop = calloc(1, sizeof *loop);
+    /* Aligned as the struct asks (a cache line, for the callback queue's sake); its size is a
+     * multiple of that alignment, as aligned_alloc() wants. */
+    ioloop_t *loop = aligned_alloc(alignof(ioloop_t), sizeof *loop);
     int err;
 
     if (loop == NULL)
         return NULL;
+    memset(loop, 0, sizeof *loop);
     loop->uid = uid;
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
@@ -265,7 +282,11 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
     }
     if (!(h->state & IOLOOP__IN_EPOLL)) {
         ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
-        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        /* EEXIST for a slot we do not hold: the kernel still has this very file under this
+         * fd, an orphan (see the top of this file) that dup2() brought back. Adopt it: MOD
+         * gives it our events and the new generation. */
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+            (errno != EEXIST || epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
             return -errno;
         h->gen++;
         h->state |= IOLOOP__IN_EPOLL;
@@ -545,13 +566,14 @@ static void iterate(ioloop_t *loop)
 int ioloop_start(ioloop_t *loop)
 {
     ioloop_t *outer;
-    int idle = 0;
+    int idle = LOOP_IDLE;
 
     if (loop == NULL)
         return -EINVAL;
-    if (!atomic_compare_exchange_strong(&loop->running, &idle, 1))
+    if (!atomic_compare_exchange_strong(&loop->running, &idle, LOOP_STARTING))
         return -EBUSY;
     atomic_store_explicit(&loop->owner, self(), memory_order_relaxed);
+    atomic_store_explicit(&loop->running, LOOP_RUNNING, memory_order_release);
     outer = current_loop;
     current_loop = loop;
 
@@ -567,7 +589,7 @@ int ioloop_start(ioloop_t *loop)
     ioloop__cbq_end(loop);
 
     current_loop = outer;
-    atomic_store_explicit(&loop->running, 0, memory_order_release);
+    atomic_store_explicit(&loop->running, LOOP_IDLE, memory_order_release);
     return 0;
 }
 

@@ -92,7 +92,7 @@ struct ioloop {
     int nevents;
 
     uint64_t now_us;                  /* CLOCK_MONOTONIC, read once per iteration */
-    _Atomic int running;              /* 1 while ioloop_start() runs */
+    _Atomic int running;              /* nonzero while ioloop_start() runs (see loop.c) */
     _Atomic uintptr_t owner;          /* the thread that runs, ran or created the loop */
 
     struct ioloop_timers timers;

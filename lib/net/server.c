@@ -48,6 +48,8 @@ struct batch {
 struct ioloop_server {
     struct ioloop_conn_class cls;   /* its connections'; cls.owner is the server itself */
     ioloop_pool_t *pool;
+    struct ioloop_pool_user pool_user; /* attached to the pool until freed or detached */
+    atomic_bool detached;           /* the pool was freed first: nothing left to reach */
     struct ioloop_acceptor acceptor;
     struct batch **batches;         /* the acceptor thread's: one being filled per loop */
     atomic_bool closing;            /* ioloop_server_free() began: adopt nothing more */
@@ -176,6 +178,17 @@ static void on_accept(const int *fds, int n, void *arg)
 
 /* ---- Servers ---------------------------------------------------------------------------- */
 
+/* ioloop_pool_free() before ioloop_server_free(): stop accepting while the loops still run;
+ * the loops' ioloop_free() then closes the connections, and ioloop_server_free() only has the
+ * server itself left to free. */
+static void on_pool_freed(struct ioloop_pool_user *user)
+{
+    ioloop_server_t *server = ioloop__container_of(user, ioloop_server_t, pool_user);
+
+    atomic_store_explicit(&server->detached, true, memory_order_release);
+    ioloop__acceptor_close(&server->acceptor);
+}
+
 ioloop_server_t *ioloop_server_new(ioloop_pool_t *pool, const char *address,
                                    const ioloop_conn_handlers_t *handlers, void *user)
 {
@@ -207,6 +220,7 @@ ioloop_server_t *ioloop_server_new(ioloop_pool_t *pool, const char *address,
         .gone = conn_gone,
     };
     server->pool = pool;
+    server->pool_user.detach = on_pool_freed;
     server->acceptor.on_accept = on_accept;
     server->acceptor.arg = server;
     if ((err = ioloop__acceptor_listen(&server->acceptor, &addr)) < 0) {
@@ -217,6 +231,7 @@ ioloop_server_t *ioloop_server_new(ioloop_pool_t *pool, const char *address,
     }
     pthread_mutex_init(&server->lock, NULL);
     pthread_cond_init(&server->gone_cond, NULL);
+    ioloop__pool_attach(pool, &server->pool_user);
     return server;
 }
 
@@ -224,6 +239,8 @@ int ioloop_server_start(ioloop_server_t *server)
 {
     if (server == NULL)
         return -EINVAL;
+    if (atomic_load_explicit(&server->detached, memory_order_acquire))
+        return -ESHUTDOWN;
     if (server->acceptor.started)
         return -EALREADY;
     return ioloop__acceptor_start(&server->acceptor);
@@ -258,8 +275,11 @@ void ioloop_server_get_stats(const ioloop_server_t *server, ioloop_server_stats_
 /* The loop of the server's open connection `id`, or NULL. */
 static ioloop_t *route(ioloop_server_t *server, uint64_t id)
 {
-    ioloop_t *loop = ioloop__pool_loop_by_uid(server->pool, ioloop__conn_id_uid(id));
+    ioloop_t *loop;
 
+    if (atomic_load_explicit(&server->detached, memory_order_acquire))
+        return NULL;
+    loop = ioloop__pool_loop_by_uid(server->pool, ioloop__conn_id_uid(id));
     return loop != NULL && ioloop__conns_is_open(loop, id, server) ? loop : NULL;
 }
 
@@ -345,12 +365,24 @@ static void on_close_all(ioloop_t *loop, void *arg)
     ioloop__conns_each(loop, cancel_if_ours, arg);
 }
 
+static void server_release(ioloop_server_t *server)
+{
+    pthread_cond_destroy(&server->gone_cond);
+    pthread_mutex_destroy(&server->lock);
+    free(server->batches);
+    free(server);
+}
+
 void ioloop_server_free(ioloop_server_t *server)
 {
     bool wait = true;
 
     if (server == NULL)
         return;
+    if (atomic_load_explicit(&server->detached, memory_order_acquire)) {
+        server_release(server); /* its pool's ioloop_free() closed every connection */
+        return;
+    }
     for (int i = 0; i < ioloop_pool_size(server->pool); i++) {
         if (ioloop_current() == ioloop_pool_loop(server->pool, i)) {
             fprintf(stderr, "ioloop_server_free: called from loop %d of the server's pool, "
@@ -358,6 +390,7 @@ void ioloop_server_free(ioloop_server_t *server)
             abort();
         }
     }
+    ioloop__pool_detach(server->pool, &server->pool_user);
     atomic_store_explicit(&server->closing, true, memory_order_release);
     ioloop__acceptor_close(&server->acceptor); /* joins: every hand-off is queued by now */
 
@@ -376,9 +409,5 @@ void ioloop_server_free(ioloop_server_t *server)
     while (atomic_load_explicit(&server->live, memory_order_acquire) > 0)
         pthread_cond_wait(&server->gone_cond, &server->lock);
     pthread_mutex_unlock(&server->lock);
-
-    pthread_cond_destroy(&server->gone_cond);
-    pthread_mutex_destroy(&server->lock);
-    free(server->batches);
-    free(server);
+    server_release(server);
 }
