@@ -220,10 +220,10 @@ IOLOOP_EXPORT void ioloop_server_get_stats(const ioloop_server_t *server,
  * connection the server accepted — each gets on_close(conn, -ECANCELED) in its own loop's
  * thread — and returns after all of them, then frees the server. Teardown may come in either
  * order: when ioloop_pool_free() ran first, it already stopped the acceptor and closed the
- * connections (in its own thread), and this only frees the server. If a loop of the pool was
- * stopped some other way, its connections cannot be reached: an error is logged and the
- * server is not freed. NULL is fine. The owning thread; never one of the pool's loops, which
- * it waits for (that aborts with a message).
+ * connections (in its own thread), and this only frees the server. A loop of the pool that
+ * was stopped some other way is not running any more: its connections of this server are
+ * closed in the calling thread instead. NULL is fine. The owning thread; never one of the
+ * pool's loops, which it waits for (that aborts with a message).
  */
 IOLOOP_EXPORT void ioloop_server_free(ioloop_server_t *server);
 

@@ -633,8 +633,6 @@ static void on_close_all(ioloop_t *loop, void *arg)
 
 void ioloop_server_free(ioloop_server_t *server)
 {
-    bool wait = true;
-
     if (server == NULL)
         return;
     if (atomic_load_explicit(&server->detached, memory_order_acquire)) {
@@ -650,16 +648,16 @@ void ioloop_server_free(ioloop_server_t *server)
     atomic_store_explicit(&server->closing, true, memory_order_release);
     stop_listening(server, false); /* every hand-off is queued by now */
     for (int i = 0; i < ioloop_pool_size(server->pool); i++) {
-        int err = ioloop_add_callback(ioloop_pool_loop(server->pool, i), on_close_all, server);
+        ioloop_t *loop = ioloop_pool_loop(server->pool, i);
 
-        if (err < 0) {
-            IOLOOP_LOG_ERROR("server_free: loop %d is not running (%s); its connections "
-                             "stay open and the server is not freed", i, ioloop__strerror(err));
-            wait = false;
-        }
+        if (ioloop_add_callback(loop, on_close_all, server) == 0)
+            continue;
+        /* A loop stopped some other way: once its start returned, nobody runs it, and this
+         * thread closes the server's connections there as ioloop_free() would. */
+        ioloop__wait_stopped(loop);
+        on_close_all(loop, server);
+        ioloop__run_deferred_all(loop);
     }
-    if (!wait)
-        return; /* connections still point at the server: keep it rather than free it */
     wait_gone(server, 0);
     server_release(server);
 }
