@@ -9,5 +9,6 @@
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
 #include <ioloop/server.h>
+#include <ioloop/work.h>
 
 #endif /* IOLOOP_H */

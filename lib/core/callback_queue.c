@@ -17,6 +17,11 @@
  * The lock also orders posting against stopping: once a stop was requested, posts fail with
  * -ESHUTDOWN, so the loop can drain a queue that no longer grows before start() returns.
  *
+ * Beside the array sits a list of nodes that the library's own producers embed in their
+ * structs (the work pool's completion inbox): posting one allocates nothing and ignores the
+ * stop state, for a producer that must not fail, nor lose what it posts, after the loop was
+ * stopped. The loop takes the list together with the array and runs the nodes after it.
+ *
  * A producer's eventfd write happens after it released the lock, when its callback may already
  * have run and the application may be tearing the loop down. `waking` counts producers between
  * deciding to write and finishing the write; ioloop_free() waits for it to reach zero.
@@ -94,6 +99,7 @@ int ioloop__cbq_init(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
 
+    q->nodes_tail = &q->nodes;
     q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (q->efd < 0)
         return -errno;
@@ -107,6 +113,8 @@ void ioloop__cbq_fini(ioloop_t *loop)
 
     while (atomic_load_explicit(&q->waking, memory_order_acquire) > 0)
         sched_yield();
+    /* Nodes still queued are dropped unseen: they belong to their posters. */
+    q->nodes = NULL;
     if (q->efd >= 0)
         close(q->efd);
     free(q->items);
@@ -197,6 +205,53 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     return 0;
 }
 
+void ioloop__cbq_post_node(ioloop_t *loop, struct ioloop_cbq_node *node)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    bool must_wake;
+
+    node->next = NULL;
+    spin_lock(&q->lock);
+    *q->nodes_tail = node;
+    q->nodes_tail = &node->next;
+    atomic_store_explicit(&q->nnodes, atomic_load_explicit(&q->nnodes, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    must_wake = claim_wakeup(loop);
+    spin_unlock(&q->lock);
+
+    if (must_wake)
+        wake(loop);
+}
+
+bool ioloop__cbq_cancel_node(ioloop_t *loop, struct ioloop_cbq_node *node)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    struct ioloop_cbq_node **link;
+    bool found = false;
+
+    spin_lock(&q->lock);
+    /* The list holds one node per producer object at most: a walk is short. */
+    for (link = &q->nodes; *link != NULL; link = &(*link)->next) {
+        if (*link != node)
+            continue;
+        *link = node->next;
+        if (q->nodes_tail == &node->next)
+            q->nodes_tail = link;
+        atomic_store_explicit(&q->nnodes,
+                              atomic_load_explicit(&q->nnodes, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+        found = true;
+        break;
+    }
+    spin_unlock(&q->lock);
+    return found;
+}
+
+bool ioloop__cbq_accepting(const ioloop_t *loop)
+{
+    return atomic_load_explicit(&loop->cbq.state, memory_order_relaxed) == IOLOOP__CBQ_OPEN;
+}
+
 void ioloop__cbq_request_stop(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
@@ -213,15 +268,19 @@ void ioloop__cbq_request_stop(ioloop_t *loop)
         wake(loop);
 }
 
-size_t ioloop__cbq_run(ioloop_t *loop)
+/* Runs the callbacks queued so far, and the nodes too if `with_nodes`. */
+static size_t run_queued(ioloop_t *loop, bool with_nodes)
 {
     struct ioloop_cbq *q = &loop->cbq;
     struct ioloop_cbq_item *batch;
-    size_t n, cap;
+    struct ioloop_cbq_node *nodes = NULL;
+    size_t n, nnodes = 0, cap;
 
-    /* Posts from other threads always come with an eventfd wakeup (due); this thread's own
-     * posts are visible to it. Nothing else can be waiting, so skip the lock. */
-    if (!q->due && atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+    /* Posts from other threads always come with an eventfd wakeup (due), or were seen by
+     * prepare_wait under the lock; this thread's own posts are visible to it. Nothing else
+     * can be waiting, so skip the lock. */
+    if (!q->due && atomic_load_explicit(&q->len, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&q->nnodes, memory_order_relaxed) == 0)
         return 0;
     q->due = false;
 
@@ -232,6 +291,13 @@ size_t ioloop__cbq_run(ioloop_t *loop)
     q->items = q->spare;
     q->cap = q->spare_cap;
     atomic_store_explicit(&q->len, 0, memory_order_relaxed);
+    if (with_nodes) {
+        nodes = q->nodes;
+        nnodes = atomic_load_explicit(&q->nnodes, memory_order_relaxed);
+        q->nodes = NULL;
+        q->nodes_tail = &q->nodes;
+        atomic_store_explicit(&q->nnodes, 0, memory_order_relaxed);
+    }
     q->wake_pending = true; /* awake: prepare_wait looks at the queue before any sleep */
     spin_unlock(&q->lock);
 
@@ -241,7 +307,19 @@ size_t ioloop__cbq_run(ioloop_t *loop)
         batch[i].fn(loop, batch[i].arg);
         ioloop__stat_add(&loop->stats.callbacks_run, 1);
     }
-    return n;
+    while (nodes != NULL) {
+        struct ioloop_cbq_node *node = nodes;
+
+        nodes = node->next; /* read first: the callback may post its node again */
+        node->fn(loop, node->arg);
+        ioloop__stat_add(&loop->stats.callbacks_run, 1);
+    }
+    return n + nnodes;
+}
+
+size_t ioloop__cbq_run(ioloop_t *loop)
+{
+    return run_queued(loop, true);
 }
 
 bool ioloop__cbq_prepare_wait(ioloop_t *loop)
@@ -250,10 +328,12 @@ bool ioloop__cbq_prepare_wait(ioloop_t *loop)
     bool busy;
 
     /* A queue seen non-empty is work: no need for the lock to decide not to sleep. */
-    if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0)
+    if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
+        atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0)
         return true;
     spin_lock(&q->lock);
     busy = atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0 ||
            atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN;
     if (!busy)
         q->wake_pending = false; /* from here on, the next post writes the eventfd */
@@ -281,9 +361,10 @@ bool ioloop__cbq_stop_requested(const ioloop_t *loop)
 size_t ioloop__cbq_drain(ioloop_t *loop)
 {
     /* Lock (due) even if len reads 0: a post from another thread may not be visible to a
-     * relaxed read without it. */
+     * relaxed read without it. Nodes stay queued: they are accepted after a stop too, so
+     * running them here could keep start() from returning for as long as they come. */
     loop->cbq.due = true;
-    return ioloop__cbq_run(loop);
+    return run_queued(loop, false);
 }
 
 void ioloop__cbq_end(ioloop_t *loop)

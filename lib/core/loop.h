@@ -61,6 +61,8 @@ struct ioloop_owned {
 
 /* The loop's connections (lib/net/conns.c); core only keeps the pointer. */
 struct ioloop_conns;
+/* The work pools' completion inbox (lib/core/work.c); core only keeps the pointer. */
+struct ioloop_work_inbox;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -107,6 +109,9 @@ struct ioloop {
      * (ioloop_server_send), hence atomic. */
     struct ioloop_conns *_Atomic conns;
     _Atomic(void *) data;             /* ioloop_set_data() */
+    /* Where work pools leave completed work (lib/core/work.c): created by the first
+     * submission for this loop, from any thread, hence atomic. */
+    struct ioloop_work_inbox *_Atomic work_inbox;
 
     struct ioloop_counters stats;
 };

@@ -1,0 +1,20 @@
+/*
+ * The work pool's side of a loop: every loop has at most one completion inbox, shared by all
+ * work pools, where workers leave finished work for the loop's thread. Core keeps the pointer
+ * in struct ioloop; lib/core/work.c owns the rest.
+ */
+#ifndef IOLOOP_LIB_WORK_H
+#define IOLOOP_LIB_WORK_H
+
+#include <ioloop/loop.h>
+#include <ioloop/work.h>
+
+struct ioloop_work_inbox;
+
+/* ioloop_free(), first of all: from here on submissions for the loop fail (-ESHUTDOWN); its
+ * work that has not started is cancelled in its pools, running work is waited for, and every
+ * done still due runs in the calling thread (-ECANCELED for the cancelled, 0 for work that
+ * ran). Then the inbox is freed. Loop thread; the loop still works for the dones. */
+void ioloop__work_loop_fini(ioloop_t *loop);
+
+#endif /* IOLOOP_LIB_WORK_H */
