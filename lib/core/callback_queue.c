@@ -37,6 +37,8 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include "core/spinlock.h"
+
 /* Where the queue sits in the loop (see struct ioloop_cbq): the lock starts a cache line that
  * ends before the loop's own part of the queue, and the timers end on an earlier line. */
 _Static_assert(alignof(struct ioloop) >= IOLOOP__CACHE_LINE,
@@ -52,39 +54,7 @@ _Static_assert(offsetof(struct ioloop, cbq.spare) % IOLOOP__CACHE_LINE == 0 &&
                        offsetof(struct ioloop, cbq.efd) / IOLOOP__CACHE_LINE,
                "the loop's part of the queue starts after the producers' lines");
 
-/* Spins this many times before yielding: long enough for a holder that runs on another core
- * to finish its few stores, short enough not to burn a slice when the holder was preempted
- * (libuv #2769: spinning against a preempted holder on one core stalled for 10 ms). */
-#define SPIN_LIMIT 64
-
 #define ITEMS_MIN 64
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static void spin_lock(atomic_int *lock)
-{
-    for (unsigned spins = 0;; spins++) {
-        if (!atomic_load_explicit(lock, memory_order_relaxed) &&
-            !atomic_exchange_explicit(lock, 1, memory_order_acquire))
-            return;
-        if (spins < SPIN_LIMIT)
-            cpu_relax();
-        else
-            sched_yield();
-    }
-}
-
-static void spin_unlock(atomic_int *lock)
-{
-    atomic_store_explicit(lock, 0, memory_order_release);
-}
 
 static void on_eventfd(ioloop_t *loop, int fd, int events, void *arg)
 {
@@ -153,11 +123,11 @@ static int grow_unlocked(struct ioloop_cbq *q)
     struct ioloop_cbq_item *seen = q->items, *bigger;
     size_t cap = q->cap, new_cap = cap ? cap * 2 : ITEMS_MIN;
 
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     bigger = malloc(new_cap * sizeof *bigger);
     if (bigger == NULL)
         return -ENOMEM;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (q->items == seen && q->cap == cap) {
         size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
 
@@ -168,9 +138,9 @@ static int grow_unlocked(struct ioloop_cbq *q)
         bigger = seen;
     }
     /* Otherwise the loop swapped or another producer grew it: retry with what is there now. */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     free(bigger);
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     return 0;
 }
 
@@ -183,10 +153,10 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     if (loop == NULL || fn == NULL)
         return -EINVAL;
     q = &loop->cbq;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     for (;;) {
         if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN) {
-            spin_unlock(&q->lock);
+            ioloop__spin_unlock(&q->lock);
             return -ESHUTDOWN;
         }
         len = atomic_load_explicit(&q->len, memory_order_relaxed);
@@ -198,7 +168,7 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     q->items[len] = (struct ioloop_cbq_item){fn, arg};
     atomic_store_explicit(&q->len, len + 1, memory_order_relaxed);
     must_wake = claim_wakeup(loop);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     if (must_wake)
         wake(loop);
@@ -211,13 +181,13 @@ void ioloop__cbq_post_node(ioloop_t *loop, struct ioloop_cbq_node *node)
     bool must_wake;
 
     node->next = NULL;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     *q->nodes_tail = node;
     q->nodes_tail = &node->next;
     atomic_store_explicit(&q->nnodes, atomic_load_explicit(&q->nnodes, memory_order_relaxed) + 1,
                           memory_order_relaxed);
     must_wake = claim_wakeup(loop);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     if (must_wake)
         wake(loop);
@@ -229,7 +199,7 @@ bool ioloop__cbq_cancel_node(ioloop_t *loop, struct ioloop_cbq_node *node)
     struct ioloop_cbq_node **link;
     bool found = false;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     /* The list holds one node per producer object at most: a walk is short. */
     for (link = &q->nodes; *link != NULL; link = &(*link)->next) {
         if (*link != node)
@@ -243,7 +213,7 @@ bool ioloop__cbq_cancel_node(ioloop_t *loop, struct ioloop_cbq_node *node)
         found = true;
         break;
     }
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     return found;
 }
 
@@ -257,12 +227,12 @@ void ioloop__cbq_request_stop(ioloop_t *loop)
     struct ioloop_cbq *q = &loop->cbq;
     bool must_wake = false;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_STOP_REQUESTED) {
         atomic_store_explicit(&q->state, IOLOOP__CBQ_STOP_REQUESTED, memory_order_relaxed);
         must_wake = claim_wakeup(loop);
     }
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     if (must_wake)
         wake(loop);
@@ -284,7 +254,7 @@ static size_t run_queued(ioloop_t *loop, bool with_nodes)
         return 0;
     q->due = false;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     batch = q->items;
     cap = q->cap;
     n = atomic_load_explicit(&q->len, memory_order_relaxed);
@@ -299,7 +269,7 @@ static size_t run_queued(ioloop_t *loop, bool with_nodes)
         atomic_store_explicit(&q->nnodes, 0, memory_order_relaxed);
     }
     q->wake_pending = true; /* awake: prepare_wait looks at the queue before any sleep */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     q->spare = batch;
     q->spare_cap = cap;
@@ -331,13 +301,13 @@ bool ioloop__cbq_prepare_wait(ioloop_t *loop)
     if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
         atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0)
         return true;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     busy = atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
            atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0 ||
            atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN;
     if (!busy)
         q->wake_pending = false; /* from here on, the next post writes the eventfd */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     return busy;
 }
 
@@ -346,10 +316,10 @@ void ioloop__cbq_begin(ioloop_t *loop)
     struct ioloop_cbq *q = &loop->cbq;
 
     q->due = true; /* the first drain locks: posts made before start may be from anywhere */
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) == IOLOOP__CBQ_STOPPED)
         atomic_store_explicit(&q->state, IOLOOP__CBQ_OPEN, memory_order_relaxed);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 }
 
 bool ioloop__cbq_stop_requested(const ioloop_t *loop)
@@ -371,7 +341,7 @@ void ioloop__cbq_end(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     atomic_store_explicit(&q->state, IOLOOP__CBQ_STOPPED, memory_order_relaxed);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 }
