@@ -10,6 +10,7 @@
  *
  * Work that must block does so on a gate: it writes a byte to a pipe when it begins and waits
  * (bounded) for a byte on another, which the test writes when it wants the work to finish.
+ * One internal call (lib/core/work.h) fixes the batch size where a test needs a batch.
  */
 #include <ioloop.h>
 
@@ -34,6 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/work.h" /* ioloop__work_pool_fix_batch() */
 #include "helpers.h"
 
 /* How long a test waits for something that should happen at once before it fails. */
@@ -392,6 +394,8 @@ static void test_work_two_loops_share_a_pool(void **state)
     }
 }
 
+/* With one thread, work runs and completes in submission order. The worker is held at a gate
+ * while the rest is submitted, so the queue (and the id table) grow several times over. */
 static void test_work_one_thread_keeps_submission_order(void **state)
 {
     enum { N = 1000 };
@@ -399,13 +403,22 @@ static void test_work_one_thread_keeps_submission_order(void **state)
     struct run r = {.stop_at = N, .work_order = work_order, .done_order = done_order};
     struct job *jobs = jobs_new(N, &r);
     ioloop_t *loop = ioloop_new();
+    ioloop_work_stats_t s;
+    struct gate g;
 
+    gate_init(&g);
     assert_non_null(loop);
     r.pool = ioloop_work_pool_new(1);
     assert_non_null(r.pool);
-    /* The loop runs later: the dones wait for it, and run before it first waits. */
-    for (int i = 0; i < N; i++)
+    jobs[0].gate = &g;
+    assert_true(submit(r.pool, loop, &jobs[0]) > 0);
+    gate_wait_started(&g);
+    for (int i = 1; i < N; i++)
         assert_true(submit(r.pool, loop, &jobs[i]) > 0);
+    get_stats(r.pool, &s);
+    assert_int_equal(s.queued, N - 1);
+    gate_open(&g);
+    /* The loop runs later: the dones wait for it, and run before it first waits. */
     run_loop(loop);
     assert_int_equal(atomic_load(&r.nwork), N);
     for (int i = 0; i < N; i++) {
@@ -414,6 +427,7 @@ static void test_work_one_thread_keeps_submission_order(void **state)
     }
     ioloop_work_pool_free(r.pool);
     ioloop_free(loop);
+    gate_fini(&g);
     free(jobs);
 }
 
@@ -541,7 +555,8 @@ static void test_work_cancel_finished_is_enoent(void **state)
     free(jobs);
 }
 
-/* Work a worker took in its batch but has not begun is still cancellable, and never runs. */
+/* Work a worker took in its batch but has not begun is still cancellable, and never runs.
+ * (Batches are fixed at 32: a worker would otherwise take long work one item at a time.) */
 static void test_work_cancel_taken_before_it_begins(void **state)
 {
     enum { N = 12 }; /* 0: holds the worker; 1: first of the batch, gated; 2..11: behind it */
@@ -557,6 +572,7 @@ static void test_work_cancel_taken_before_it_begins(void **state)
     assert_non_null(loop);
     r.pool = ioloop_work_pool_new(1);
     assert_non_null(r.pool);
+    ioloop__work_pool_fix_batch(r.pool, 32);
     jobs[0].gate = &g0;
     jobs[1].gate = &g1;
     assert_true((ids[0] = submit(r.pool, loop, &jobs[0])) > 0);

@@ -64,8 +64,9 @@ IOLOOP_EXPORT ioloop_work_pool_t *ioloop_work_pool_new(int nthreads);
  * Queues `work(arg)` to run on a pool thread, then `done(loop, 0, arg)` in `loop`'s thread.
  * Work is taken in submission order (FIFO); with one thread it runs in that order, and so do
  * the dones of work submitted from one thread. With more threads work runs in parallel. A
- * worker takes a batch of queued items at a time (at most 32, about its share of the queue)
- * and hands their completions to their loops together once the batch is done.
+ * worker takes a batch of queued items at a time and hands their completions to their loops
+ * together once the batch is done: at most 32 items, about its share of the queue, and only
+ * as many as it ran in about 50 us last time, so long work goes one item at a time.
  * Returns a work id (positive, never reused by this pool, for ioloop_work_cancel()), or
  * -EINVAL (NULL pool, loop, work or done), -ESHUTDOWN (the pool is being freed; or
  * ioloop_stop() was called on `loop` and it was not started again, as for

@@ -2,29 +2,43 @@
  * The work pool: worker threads that run functions for the loops, and the way completions go
  * back to each loop.
  *
- * The pool. A mutex guards a FIFO of queued items (doubly linked, so cancel is O(1)) and a
- * slot table that turns work ids into items. A worker takes a batch of items per visit to the
- * lock -- about its share of the queue plus one, at most BATCH_MAX -- runs them, and on its
- * next visit releases the batch's slots and takes the next batch in the same critical section;
- * the batch's completions are handed in with the lock released.
+ * The pool. A spinlock (lib/core/spinlock.h: its critical sections are a few dozen stores,
+ * and submitters take it for every item) guards the queue and a slot table that turns work
+ * ids into items. The queue is a FIFO ring of item pointers, so that taking a batch touches a
+ * few cache lines of pointers and none of the items, which the submitter has just written;
+ * each item knows its sequence number in the ring, so cancel finds it in O(1) and leaves a hole
+ * that takers skip. A worker takes a batch of items per visit to the lock, runs them, and on
+ * its next visit releases the batch's slots and takes the next batch in the same critical
+ * section; the batch's completions are handed in with the lock released. A batch is at most
+ * BATCH_MAX items, about the worker's share of the queue plus one, and no more than the worker
+ * ran in BATCH_NS last time: tiny items go 32 to a lock, long ones one at a time, so that none
+ * waits behind another in a batch while a thread is free, and each done is handed in as soon
+ * as its work finished.
  *
- * Wakeups. At most one sleeping worker is being woken at any time: a submission signals the
- * condition variable only when a worker sleeps and no signal is on its way, and a worker that
- * takes a batch and leaves work queued wakes the next one. So a burst of submissions costs one
- * futex wake while the woken worker gets going (tiny items are then taken 32 at a time, not
- * one per wake), and a backlog still spreads over every thread, one wakeup latency apart. A
- * worker busy with long work never delays a new submission: it is not asleep, so the next
- * sleeper is woken.
+ * Wakeups. An idle worker parks on a semaphore of its own, on a stack of parked workers; a
+ * waker pops one under the lock and posts its semaphore after releasing it (a post that comes
+ * before the wait is kept, so no wakeup is lost). At most one parked worker is being woken at
+ * any time: a submission wakes one only when one is parked, none is on its way and none
+ * lingers (below), and a worker that takes a batch and leaves work queued wakes the next one.
+ * So a burst of submissions costs one futex wake while the woken worker gets going (tiny items
+ * are then taken 32 at a time, not one per wake), and a backlog still spreads over every
+ * thread, one wakeup latency apart. A worker busy with long work never delays a new
+ * submission: it is not parked, so the next parked one is woken. And the last worker to run
+ * out of work lingers for LINGER_NS, watching the queue without the lock, before it parks: a
+ * steady stream of submissions finds it awake and costs no wakeup at all. At most one worker
+ * lingers, and it looks at the queue under the lock before it parks.
  *
  * Ids. A work id is (generation << 32 | slot), as for timers (lib/core/timer.c): cancel finds
  * the item in O(1), and a slot whose generation is spent retires, so ids are never reused. A
  * slot is released when its work finished or was cancelled: from then on cancel says -ENOENT.
  *
- * Item states. QUEUED -> TAKEN (in a worker's batch) -> RUNNING -> DONE, or QUEUED or TAKEN
- * -> CANCELLED. A worker moves its item from TAKEN to RUNNING with a compare-and-swap right
- * before running it, and a canceller moves it from TAKEN to CANCELLED with one (under the pool
- * lock): whoever wins decides whether it runs, so work taken but not begun is still
- * cancellable. The worker hands cancelled items in with its batch.
+ * Item states. QUEUED (not begun: in the ring, or taken into a worker's batch) -> RUNNING ->
+ * DONE, or QUEUED -> CANCELLED. An item is still in the ring while its sequence number has not
+ * been passed by the takers. A worker moves its item from QUEUED to RUNNING with a
+ * compare-and-swap right before running it, and a canceller of an item no longer in the ring
+ * moves it to CANCELLED with one (under the pool lock): whoever wins decides whether it runs,
+ * so work taken but not begun is still cancellable. The worker hands cancelled items in with
+ * its batch.
  *
  * The inbox. Each loop has one inbox, shared by every pool, created by the first submission
  * for the loop (from any thread, with a compare-and-swap on loop->work_inbox). It lists the
@@ -34,9 +48,10 @@
  * state); the drain takes the whole list and runs the dones, DRAIN_MAX at a time. A burst of
  * completions thus costs one post, and one eventfd write at most.
  *
- * Locks. An inbox's lock comes before a pool's lock: ioloop_free() of a loop holds its inbox
- * while it cancels the loop's items in their pools. Every other path takes one of them at a
- * time: workers, cancel and pool_free hand items in after releasing the pool lock, and submit
+ * Locks. An inbox's lock (an adaptive mutex: ioloop_free() waits on it with a condition
+ * variable) comes before a pool's lock: ioloop_free() of a loop holds its inbox while it
+ * cancels the loop's items in their pools. Every other path takes one of them at a time:
+ * workers, cancel and pool_free hand items in after releasing the pool lock, and submit
  * registers the item in its inbox before it takes the pool lock. An item's pool is alive while
  * the item is outstanding (a pool is freed only after all its items were handed in), and an
  * item is alive while it is outstanding or while its slot holds it under the pool lock (slots
@@ -53,14 +68,19 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sched.h>
+#include <semaphore.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "core/loop.h"
+#include "core/spinlock.h"
 #include "core/thread.h"
 
 /* Items a worker takes per visit to the pool's lock. Tiny items then pay for the lock (and
@@ -68,17 +88,30 @@
  * queue plus one, so long items spread over the threads. */
 #define BATCH_MAX 32u
 
+/* How long a batch should take, judged by the worker's last one: 50 us is some fifty times
+ * what a batch costs in locking and handing in, and short enough that a done is never held
+ * back noticeably for the rest of its batch. */
+#define BATCH_NS 50000u
+
 /* Dones one run of a loop's drain callback runs before the loop gets back to its I/O: a burst
  * of a million completions must not keep the loop from its sockets for its whole length. */
 #define DRAIN_MAX 256u
+
+/* How long an idle worker watches for new work before it sleeps: a few times the latency of a
+ * futex wakeup, which is what a submission saves by finding it awake. */
+#define LINGER_NS 20000u
+/* Polls between looks at the clock (and yields) while lingering. */
+#define LINGER_POLLS 64u
+
+/* The ring's first capacity; it doubles when full. */
+#define RING_MIN 256u
 
 #define SLOT_NONE UINT32_MAX
 #define GEN_LAST INT32_MAX  /* ids stay positive: a slot retires after this generation */
 #define SLOTS_MIN 64u
 
 enum {
-    WORK_QUEUED,    /* in the pool's queue */
-    WORK_TAKEN,     /* in a worker's batch, not begun: still cancellable */
+    WORK_QUEUED,    /* not begun: in the ring, or in a worker's batch (still cancellable) */
     WORK_RUNNING,
     WORK_DONE,      /* ran: its done (0) is due */
     WORK_CANCELLED, /* never runs: its done (-ECANCELED) is due */
@@ -90,7 +123,7 @@ struct work_link {
 };
 
 struct work_item {
-    struct work_link queue;      /* the pool's queue, while QUEUED */
+    uint64_t qseq;               /* its sequence number in the pool's ring */
     struct work_link pending;    /* its inbox's outstanding items, until handed in */
     struct work_item *next_done; /* finished items, on their way to the loop and in its inbox */
     ioloop_work_fn work;
@@ -124,32 +157,43 @@ struct work_slot {
 };
 
 struct work_worker {
-    ioloop_work_pool_t *pool;
+    alignas(IOLOOP__CACHE_LINE) ioloop_work_pool_t *pool; /* workers share no cache line */
     pthread_t thread;
     bool started;                      /* the thread exists and must be joined */
+    sem_t wake;                        /* posted to end its park */
+    struct work_worker *next_parked;   /* the stack of parked workers, under the pool lock */
+    unsigned limit;                    /* the next batch's size at most (see BATCH_NS) */
     unsigned nbatch;                   /* written under the pool lock */
     struct work_item *batch[BATCH_MAX]; /* taken, not yet released; read by pool_free */
 };
 
 struct ioloop_work_pool {
-    pthread_mutex_t lock;
-    pthread_cond_t work_cond; /* work was queued, or the pool is closing */
-    struct work_link queue;
-    size_t queued;            /* items in the queue */
-    int idle;                 /* workers waiting on work_cond */
-    bool signalled;           /* a signal was sent that no worker has woken for yet */
+    atomic_int lock;          /* a spinlock: everything up to `queue_gen` is under it */
+    int nthreads;
+    struct work_item **ring;  /* the queue: entries [head, tail), NULL where cancelled */
+    uint64_t ring_mask;       /* its capacity (a power of two) - 1 */
+    uint64_t head, tail;      /* sequence numbers; entry seq sits at ring[seq & ring_mask] */
+    size_t queued;            /* items in the ring (holes not counted) */
+    struct work_worker *parked; /* parked workers, a stack */
+    bool waking;              /* a worker was popped to wake and has not taken the lock yet */
+    bool lingering;           /* a worker watches the queue without the lock */
     bool closing;             /* ioloop_work_pool_free() has begun */
+    unsigned fixed_batch;     /* tests: every batch's size at most, whatever the work costs */
     struct work_slot *slots;
     uint32_t nslots;          /* slots ever handed out */
     uint32_t slots_cap;
     uint32_t free_head;       /* first free slot, or SLOT_NONE */
     uint64_t submitted;
-    /* Counted once the items are handed in (no lock needed then), so that a reader who sees
-     * an item completed knows its done is due in its loop. */
-    _Atomic uint64_t running;   /* taken by workers, not yet handed in */
+    /* Bumped (under the lock) when work is queued while a worker lingers, or the pool closes:
+     * what a lingering worker watches, on a line of its own so that its polls do not slow
+     * the lock's holders. */
+    alignas(IOLOOP__CACHE_LINE) _Atomic uint64_t queue_gen;
+    /* Counted as the items are handed in, under their inbox's lock: a reader who sees an
+     * item completed knows its done is due, and once a done ran its item is counted. On a
+     * cache line of their own: hand-ins do not bounce the lock's. */
+    alignas(IOLOOP__CACHE_LINE) _Atomic uint64_t running; /* taken, not yet handed in */
     _Atomic uint64_t completed; /* handed in: ran or cancelled */
     _Atomic uint64_t cancelled; /* handed in with -ECANCELED */
-    int nthreads;
     struct work_worker workers[];
 };
 
@@ -181,14 +225,9 @@ static void link_remove(struct work_link *node)
     node->next->prev = node->prev;
 }
 
-static bool link_empty(const struct work_link *head)
-{
-    return head->next == head;
-}
-
-/* The pool's and the inboxes' mutexes spin a little before they sleep (glibc's adaptive
- * mutex): their critical sections are a few dozen stores, so a thread that finds one held
- * usually gets it a moment later without the two futex calls a sleep and a wakeup cost. */
+/* The inboxes' mutexes spin a little before they sleep (glibc's adaptive mutex): their
+ * critical sections are a few dozen stores, so a thread that finds one held usually gets it a
+ * moment later without the two futex calls a sleep and a wakeup cost. */
 static int lock_init(pthread_mutex_t *lock)
 {
     pthread_mutexattr_t attr;
@@ -203,24 +242,56 @@ static int lock_init(pthread_mutex_t *lock)
     return err;
 }
 
-/* ---- Slots (under the pool lock) -------------------------------------------------------- */
+/* ---- The ring (under the pool lock) ---------------------------------------------------- */
 
-static int slots_grow(ioloop_work_pool_t *pool)
+static bool ring_full(const ioloop_work_pool_t *pool)
 {
-    uint32_t cap = pool->slots_cap ? pool->slots_cap * 2 : SLOTS_MIN;
-    struct work_slot *slots;
-
-    if (pool->slots_cap >= SLOT_NONE / 2)
-        return -ENOMEM;
-    slots = realloc(pool->slots, (size_t)cap * sizeof *slots);
-    if (slots == NULL)
-        return -ENOMEM;
-    pool->slots = slots;
-    pool->slots_cap = cap;
-    return 0;
+    return pool->tail - pool->head > pool->ring_mask;
 }
 
-/* Gives `item` a slot; returns its id, or -ENOMEM. */
+/* Appends an item; the ring is not full. */
+static void ring_push(ioloop_work_pool_t *pool, struct work_item *item)
+{
+    item->qseq = pool->tail;
+    pool->ring[pool->tail++ & pool->ring_mask] = item;
+    pool->queued++;
+}
+
+/* Takes the first item out of the ring, skipping holes; NULL if it holds none. */
+static struct work_item *ring_pop(ioloop_work_pool_t *pool)
+{
+    while (pool->head < pool->tail) {
+        struct work_item *item = pool->ring[pool->head++ & pool->ring_mask];
+
+        if (item != NULL) {
+            pool->queued--;
+            return item;
+        }
+    }
+    return NULL;
+}
+
+/* Whether a QUEUED item is still in the ring (else it is in a worker's batch). */
+static bool in_ring(const ioloop_work_pool_t *pool, const struct work_item *item)
+{
+    return item->qseq >= pool->head && pool->ring[item->qseq & pool->ring_mask] == item;
+}
+
+/* Takes an item that is in the ring out of it, leaving a hole. */
+static void ring_remove(ioloop_work_pool_t *pool, struct work_item *item)
+{
+    pool->ring[item->qseq & pool->ring_mask] = NULL;
+    pool->queued--;
+}
+
+/* ---- Slots (under the pool lock) -------------------------------------------------------- */
+
+static bool slots_full(const ioloop_work_pool_t *pool)
+{
+    return pool->free_head == SLOT_NONE && pool->nslots == pool->slots_cap;
+}
+
+/* Gives `item` a slot (there is a free one); returns its id. */
 static int64_t slot_take(ioloop_work_pool_t *pool, struct work_item *item)
 {
     uint32_t slot;
@@ -229,8 +300,6 @@ static int64_t slot_take(ioloop_work_pool_t *pool, struct work_item *item)
         slot = pool->free_head;
         pool->free_head = pool->slots[slot].next_free;
     } else {
-        if (pool->nslots == pool->slots_cap && slots_grow(pool) < 0)
-            return -ENOMEM;
         slot = pool->nslots++;
         pool->slots[slot].gen = 1;
     }
@@ -249,6 +318,55 @@ static void slot_release(ioloop_work_pool_t *pool, uint32_t slot)
         s->next_free = pool->free_head;
         pool->free_head = slot;
     }
+}
+
+/*
+ * Called with the pool lock held when the ring or the slot table is full: allocates bigger
+ * ones with the lock released (no allocation under a spinlock), and installs them under it
+ * unless another thread grew them meanwhile. Returns 0 with the lock held (the caller looks
+ * again: others may have used the room), or -ENOMEM with the lock released.
+ */
+static int pool_grow(ioloop_work_pool_t *pool)
+{
+    uint64_t ring_cap = pool->ring_mask + 1;
+    uint32_t slots_cap = pool->slots_cap, new_slots_cap = slots_cap ? slots_cap * 2 : SLOTS_MIN;
+    struct work_item **ring = NULL;
+    struct work_slot *slots = NULL;
+    bool grow_ring = ring_full(pool), grow_slots = slots_full(pool);
+
+    ioloop__spin_unlock(&pool->lock);
+    if (grow_ring && (ring_cap > SIZE_MAX / 2 / sizeof *ring ||
+                      (ring = malloc(2 * ring_cap * sizeof *ring)) == NULL))
+        return -ENOMEM;
+    if (grow_slots && (slots_cap >= SLOT_NONE / 2 ||
+                       (slots = malloc((size_t)new_slots_cap * sizeof *slots)) == NULL)) {
+        free(ring);
+        return -ENOMEM;
+    }
+    ioloop__spin_lock(&pool->lock);
+    if (ring != NULL && pool->ring_mask + 1 == ring_cap) {
+        struct work_item **old = pool->ring;
+
+        for (uint64_t seq = pool->head; seq < pool->tail; seq++)
+            ring[seq & (2 * ring_cap - 1)] = old[seq & pool->ring_mask];
+        pool->ring = ring;
+        pool->ring_mask = 2 * ring_cap - 1;
+        ring = old;
+    }
+    if (slots != NULL && pool->slots_cap == slots_cap) {
+        struct work_slot *old = pool->slots;
+
+        if (pool->nslots > 0)
+            memcpy(slots, old, (size_t)pool->nslots * sizeof *slots);
+        pool->slots = slots;
+        pool->slots_cap = new_slots_cap;
+        slots = old;
+    }
+    ioloop__spin_unlock(&pool->lock);
+    free(ring); /* the old ones, or ours if another thread grew them first */
+    free(slots);
+    ioloop__spin_lock(&pool->lock);
+    return 0;
 }
 
 /* ---- The inbox -------------------------------------------------------------------------- */
@@ -322,12 +440,26 @@ static void run_done(ioloop_t *loop, struct work_item *item)
     done(loop, err, arg);
 }
 
-/* Under the inbox lock: appends the chain first..last (n items, no longer outstanding). */
-static void inbox_append(struct ioloop_work_inbox *inbox, struct work_item *first,
-                         struct work_item *last, size_t n)
+/* Counts n items handed in, c of them cancelled, `taken` if they come from a worker's batch.
+ * Any thread, no lock needed. */
+static void count_handed_in(ioloop_work_pool_t *pool, uint64_t n, uint64_t c, bool taken)
 {
+    if (taken)
+        atomic_fetch_sub_explicit(&pool->running, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->cancelled, c, memory_order_relaxed);
+    atomic_fetch_add_explicit(&pool->completed, n, memory_order_release);
+}
+
+/* Under the inbox lock: appends the chain first..last (n items, no longer outstanding).
+ * Returns how many of them were cancelled. */
+static size_t inbox_append(struct ioloop_work_inbox *inbox, struct work_item *first,
+                           struct work_item *last, size_t n)
+{
+    size_t cancelled = 0;
+
     for (struct work_item *it = first;; it = it->next_done) {
         link_remove(&it->pending);
+        cancelled += it->err != 0;
         if (it == last)
             break;
     }
@@ -335,15 +467,19 @@ static void inbox_append(struct ioloop_work_inbox *inbox, struct work_item *firs
     *inbox->done_tail = first;
     inbox->done_tail = &last->next_done;
     inbox->npending -= n;
+    return cancelled;
 }
 
-/* Hands the finished chain first..last (n items of this inbox) to its loop. No lock held. The
- * post happens under the inbox lock, before the outstanding count drops: see the top. */
+/* Hands the finished chain first..last (n items of this inbox and of one pool, taken from a
+ * worker's batch or not) to its loop. No lock held. The post happens under the inbox lock,
+ * before the outstanding count drops: see the top. */
 static void inbox_hand_in(struct ioloop_work_inbox *inbox, struct work_item *first,
-                          struct work_item *last, size_t n)
+                          struct work_item *last, size_t n, bool taken)
 {
+    ioloop_work_pool_t *pool = first->pool;
+
     pthread_mutex_lock(&inbox->lock);
-    inbox_append(inbox, first, last, n);
+    count_handed_in(pool, n, inbox_append(inbox, first, last, n), taken);
     if (inbox->closing) {
         if (inbox->npending == 0)
             pthread_cond_broadcast(&inbox->settled);
@@ -354,9 +490,9 @@ static void inbox_hand_in(struct ioloop_work_inbox *inbox, struct work_item *fir
     pthread_mutex_unlock(&inbox->lock);
 }
 
-/* Hands in a NULL-terminated chain of finished items, one inbox lock per run of items that
- * go to the same loop. No lock held. */
-static void hand_in_chain(struct work_item *head)
+/* Hands in a NULL-terminated chain of finished items of one pool, one inbox lock per run of
+ * items that go to the same loop. No lock held. */
+static void hand_in_chain(struct work_item *head, bool taken)
 {
     while (head != NULL) {
         struct work_item *first = head, *last = head;
@@ -367,7 +503,7 @@ static void hand_in_chain(struct work_item *head)
             n++;
         }
         head = last->next_done;
-        inbox_hand_in(first->inbox, first, last, n);
+        inbox_hand_in(first->inbox, first, last, n, taken);
     }
 }
 
@@ -413,74 +549,115 @@ static void inbox_drain(ioloop_t *loop, void *arg)
 
 /* ---- Cancelling (under the pool lock) --------------------------------------------------- */
 
-/* Counts n items handed in, c of them cancelled. Any thread, no lock. */
-static void count_handed_in(ioloop_work_pool_t *pool, uint64_t n, uint64_t c)
+/* Cancels an item taken out of the ring for good; the caller hands it in and counts it. */
+static void cancel_unqueued(ioloop_work_pool_t *pool, struct work_item *item)
 {
-    atomic_fetch_add_explicit(&pool->cancelled, c, memory_order_relaxed);
-    atomic_fetch_add_explicit(&pool->completed, n, memory_order_release);
-}
-
-/* Takes a QUEUED item out of the queue for good; the caller hands it in and counts it. */
-static void cancel_queued(ioloop_work_pool_t *pool, struct work_item *item)
-{
-    link_remove(&item->queue);
-    pool->queued--;
     slot_release(pool, item->slot);
     item->err = -ECANCELED;
     atomic_store_explicit(&item->state, WORK_CANCELLED, memory_order_relaxed);
 }
 
-/* Cancels a TAKEN item if its worker has not begun it; the worker hands it in. */
+/* Cancels an item in a worker's batch if the worker has not begun it; the worker hands it
+ * in. */
 static bool cancel_taken(struct work_item *item)
 {
-    int taken = WORK_TAKEN;
+    int queued = WORK_QUEUED;
 
-    return atomic_compare_exchange_strong_explicit(&item->state, &taken, WORK_CANCELLED,
+    return atomic_compare_exchange_strong_explicit(&item->state, &queued, WORK_CANCELLED,
                                                    memory_order_acq_rel,
                                                    memory_order_acquire);
 }
 
-/* ---- Workers ---------------------------------------------------------------------------- */
+enum cancel_result {
+    CANCEL_LOST,      /* it has begun */
+    CANCEL_UNQUEUED,  /* taken out of the ring: the caller hands it in and counts it */
+    CANCEL_IN_BATCH,  /* its worker skips it and hands it in */
+};
 
-/* Under the pool lock: signals a sleeping worker unless none sleeps or one is being woken. */
-static void wake_one(ioloop_work_pool_t *pool)
+/* Cancels a QUEUED item, wherever it is. */
+static enum cancel_result cancel_not_begun(ioloop_work_pool_t *pool, struct work_item *item)
 {
-    if (pool->idle > 0 && !pool->signalled) {
-        pool->signalled = true;
-        pthread_cond_signal(&pool->work_cond);
+    if (in_ring(pool, item)) {
+        ring_remove(pool, item);
+        cancel_unqueued(pool, item);
+        return CANCEL_UNQUEUED;
     }
+    return cancel_taken(item) ? CANCEL_IN_BATCH : CANCEL_LOST;
 }
 
-/* Under the pool lock: moves the next batch from the queue to w->batch. */
+/* ---- Workers ---------------------------------------------------------------------------- */
+
+/* Under the pool lock: tells a lingering worker that the queue changed. */
+static void queue_changed(ioloop_work_pool_t *pool)
+{
+    atomic_store_explicit(&pool->queue_gen,
+                          atomic_load_explicit(&pool->queue_gen, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+}
+
+/* Under the pool lock: picks a parked worker to wake, unless none is parked, one is being
+ * woken, or one lingers (it will see the work). Returns it, for unpark() once the lock is
+ * released, or NULL. */
+static struct work_worker *wake_one(ioloop_work_pool_t *pool)
+{
+    struct work_worker *w = pool->parked;
+
+    if (w == NULL || pool->waking || pool->lingering)
+        return NULL;
+    pool->parked = w->next_parked;
+    pool->waking = true;
+    return w;
+}
+
+/* No lock held: ends the park of a worker popped off the stack (NULL: none). */
+static void unpark(struct work_worker *w)
+{
+    if (w != NULL && sem_post(&w->wake) != 0)
+        abort(); /* only EOVERFLOW: posted 2^31 times while nobody waited, cannot happen */
+}
+
+/* Called with the pool lock held: parks the worker until unpark(). Returns with the lock
+ * held again. */
+static void park(ioloop_work_pool_t *pool, struct work_worker *w)
+{
+    w->next_parked = pool->parked;
+    pool->parked = w;
+    ioloop__spin_unlock(&pool->lock);
+    while (sem_wait(&w->wake) != 0)
+        ; /* EINTR only, and the worker blocks every signal anyway */
+    ioloop__spin_lock(&pool->lock);
+    pool->waking = false;
+}
+
+/* Under the pool lock: moves the next batch from the ring to w->batch. */
 static void batch_take(ioloop_work_pool_t *pool, struct work_worker *w)
 {
     size_t n = pool->queued / (size_t)pool->nthreads + 1;
 
-    if (n > BATCH_MAX)
-        n = BATCH_MAX;
+    if (n > (pool->fixed_batch ? pool->fixed_batch : w->limit))
+        n = pool->fixed_batch ? pool->fixed_batch : w->limit;
     if (n > pool->queued)
         n = pool->queued;
-    for (size_t i = 0; i < n; i++) {
-        struct work_item *item =
-            ioloop__container_of(pool->queue.next, struct work_item, queue);
-
-        link_remove(&item->queue);
-        atomic_store_explicit(&item->state, WORK_TAKEN, memory_order_relaxed);
-        w->batch[i] = item;
-    }
-    pool->queued -= n;
+    for (size_t i = 0; i < n; i++)
+        w->batch[i] = ring_pop(pool); /* `queued` counts them: never NULL */
     atomic_fetch_add_explicit(&pool->running, n, memory_order_relaxed);
     w->nbatch = (unsigned)n;
 }
 
-/* No lock held: runs w->batch, skipping the items cancelled meanwhile. */
+/* No lock held: runs w->batch, skipping the items cancelled meanwhile, and sizes the next
+ * batch by how long this one took. */
 static void batch_run(struct work_worker *w)
 {
+    uint64_t start_ns, per_item_ns;
+
+    if (w->nbatch == 0)
+        return;
+    start_ns = ioloop__clock_ns();
     for (unsigned i = 0; i < w->nbatch; i++) {
         struct work_item *item = w->batch[i];
-        int taken = WORK_TAKEN;
+        int queued = WORK_QUEUED;
 
-        if (atomic_compare_exchange_strong_explicit(&item->state, &taken, WORK_RUNNING,
+        if (atomic_compare_exchange_strong_explicit(&item->state, &queued, WORK_RUNNING,
                                                     memory_order_acq_rel,
                                                     memory_order_acquire)) {
             item->work(item->arg);
@@ -490,69 +667,93 @@ static void batch_run(struct work_worker *w)
             item->err = -ECANCELED;
         }
     }
+    per_item_ns = (ioloop__clock_ns() - start_ns) / w->nbatch;
+    if (per_item_ns * BATCH_MAX <= BATCH_NS)
+        w->limit = BATCH_MAX;
+    else
+        w->limit = per_item_ns >= BATCH_NS ? 1 : (unsigned)(BATCH_NS / per_item_ns);
 }
 
-/* What a worker hands in after its next visit to the lock: its last batch. */
-struct batch_done {
-    struct work_item *head; /* a chain through next_done, or NULL */
-    unsigned n, cancelled;
-};
-
 /* Under the pool lock: releases the slots of the batch just run and chains it for handing
- * in. */
-static struct batch_done batch_finish(ioloop_work_pool_t *pool, struct work_worker *w)
+ * in. Returns the chain's head (NULL for an empty batch). */
+static struct work_item *batch_finish(ioloop_work_pool_t *pool, struct work_worker *w)
 {
-    struct batch_done done = {.head = w->nbatch > 0 ? w->batch[0] : NULL, .n = w->nbatch};
+    unsigned n = w->nbatch;
 
-    for (unsigned i = 0; i < done.n; i++) {
+    for (unsigned i = 0; i < n; i++) {
         struct work_item *item = w->batch[i];
 
         slot_release(pool, item->slot);
-        if (item->err != 0)
-            done.cancelled++;
-        item->next_done = i + 1 < done.n ? w->batch[i + 1] : NULL;
+        item->next_done = i + 1 < n ? w->batch[i + 1] : NULL;
     }
     w->nbatch = 0;
-    return done;
+    return n > 0 ? w->batch[0] : NULL;
+}
+
+/* Called with the pool lock held and nothing queued: watches for new work, without the lock,
+ * for up to LINGER_NS. Returns with the lock held again; the caller looks at the queue. */
+static void linger(ioloop_work_pool_t *pool)
+{
+    uint64_t seen = atomic_load_explicit(&pool->queue_gen, memory_order_relaxed), deadline;
+
+    pool->lingering = true;
+    ioloop__spin_unlock(&pool->lock);
+    deadline = ioloop__clock_ns() + LINGER_NS;
+    for (unsigned polls = 1;
+         atomic_load_explicit(&pool->queue_gen, memory_order_relaxed) == seen; polls++) {
+        if (polls % LINGER_POLLS != 0) {
+            ioloop__cpu_relax();
+        } else {
+            if (ioloop__clock_ns() >= deadline)
+                break;
+            sched_yield(); /* on a busy core, the submitter may need it more */
+        }
+    }
+    ioloop__spin_lock(&pool->lock);
+    pool->lingering = false;
 }
 
 /*
- * A worker: under the lock, finish the last batch and take the next one (or sleep when there
- * is none and nothing to hand in); without it, hand in the last batch, then run the next.
+ * A worker: under the lock, finish the last batch and take the next one (or linger, then
+ * sleep, when there is none and nothing to hand in); without it, hand in the last batch, then
+ * run the next.
  */
 static void *worker_main(void *arg)
 {
     struct work_worker *w = arg;
     ioloop_work_pool_t *pool = w->pool;
+    bool lingered = false;
 
     current_pool = pool;
-    pthread_mutex_lock(&pool->lock);
+    ioloop__spin_lock(&pool->lock);
     for (;;) {
-        struct batch_done finished = batch_finish(pool, w);
+        struct work_item *finished = batch_finish(pool, w);
+        struct work_worker *next = NULL;
 
         if (pool->queued > 0) {
             batch_take(pool, w);
             if (pool->queued > 0)
-                wake_one(pool); /* more than this batch: the next thread, too */
-        } else if (finished.n == 0) {
+                next = wake_one(pool); /* more than this batch: the next thread, too */
+            lingered = false;
+        } else if (finished == NULL) {
             if (pool->closing)
                 break;
-            pool->idle++;
-            pthread_cond_wait(&pool->work_cond, &pool->lock);
-            pool->idle--;
-            pool->signalled = false;
+            if (!lingered && !pool->lingering) {
+                linger(pool);
+                lingered = true;
+                continue;
+            }
+            lingered = false;
+            park(pool, w);
             continue;
         }
-        pthread_mutex_unlock(&pool->lock);
-        if (finished.n > 0) {
-            hand_in_chain(finished.head);
-            atomic_fetch_sub_explicit(&pool->running, finished.n, memory_order_relaxed);
-            count_handed_in(pool, finished.n, finished.cancelled);
-        }
+        ioloop__spin_unlock(&pool->lock);
+        unpark(next);
+        hand_in_chain(finished, true);
         batch_run(w);
-        pthread_mutex_lock(&pool->lock);
+        ioloop__spin_lock(&pool->lock);
     }
-    pthread_mutex_unlock(&pool->lock);
+    ioloop__spin_unlock(&pool->lock);
     return NULL;
 }
 
@@ -560,8 +761,9 @@ static void *worker_main(void *arg)
 
 static void pool_destroy(ioloop_work_pool_t *pool)
 {
-    pthread_cond_destroy(&pool->work_cond);
-    pthread_mutex_destroy(&pool->lock);
+    for (int i = 0; i < pool->nthreads; i++)
+        sem_destroy(&pool->workers[i].wake);
+    free(pool->ring);
     free(pool->slots);
     free(pool);
 }
@@ -569,10 +771,20 @@ static void pool_destroy(ioloop_work_pool_t *pool)
 /* Wakes and joins the threads started so far (the pool is closing, its queue empty). */
 static void pool_join(ioloop_work_pool_t *pool)
 {
-    pthread_mutex_lock(&pool->lock);
-    pool->closing = true;
-    pthread_cond_broadcast(&pool->work_cond);
-    pthread_mutex_unlock(&pool->lock);
+    struct work_worker *parked;
+
+    ioloop__spin_lock(&pool->lock);
+    pool->closing = true; /* from here on, no worker parks */
+    queue_changed(pool);  /* a lingering worker looks now */
+    parked = pool->parked;
+    pool->parked = NULL;
+    ioloop__spin_unlock(&pool->lock);
+    while (parked != NULL) {
+        struct work_worker *w = parked;
+
+        parked = w->next_parked; /* read first: once posted, it may run on */
+        unpark(w);
+    }
     for (int i = 0; i < pool->nthreads; i++)
         if (pool->workers[i].started)
             pthread_join(pool->workers[i].thread, NULL);
@@ -581,6 +793,7 @@ static void pool_join(ioloop_work_pool_t *pool)
 ioloop_work_pool_t *ioloop_work_pool_new(int nthreads)
 {
     ioloop_work_pool_t *pool;
+    size_t size;
     int err;
 
     if (nthreads <= 0) {
@@ -588,29 +801,37 @@ ioloop_work_pool_t *ioloop_work_pool_new(int nthreads)
 
         nthreads = cpus > 0 ? (int)cpus : 1;
     }
-    pool = calloc(1, sizeof *pool + (size_t)nthreads * sizeof pool->workers[0]);
-    if (pool == NULL) {
+    /* Aligned as the struct asks (its counters start a cache line of their own); the size is
+     * rounded up to a multiple of that, as aligned_alloc() wants. */
+    size = sizeof *pool + (size_t)nthreads * sizeof pool->workers[0];
+    size = (size + alignof(ioloop_work_pool_t) - 1) / alignof(ioloop_work_pool_t) *
+           alignof(ioloop_work_pool_t);
+    if ((pool = aligned_alloc(alignof(ioloop_work_pool_t), size)) == NULL) {
         errno = ENOMEM;
         return NULL;
     }
-    if ((err = lock_init(&pool->lock)) != 0) {
-        free(pool);
-        errno = err;
-        return NULL;
-    }
-    if ((err = pthread_cond_init(&pool->work_cond, NULL)) != 0) {
-        pthread_mutex_destroy(&pool->lock);
-        free(pool);
-        errno = err;
-        return NULL;
-    }
-    link_init(&pool->queue);
+    memset(pool, 0, size);
     pool->free_head = SLOT_NONE;
-    pool->nthreads = nthreads;
+    if ((pool->ring = malloc(RING_MIN * sizeof *pool->ring)) == NULL) {
+        free(pool);
+        errno = ENOMEM;
+        return NULL;
+    }
+    pool->ring_mask = RING_MIN - 1;
+    for (int i = 0; i < nthreads; i++) {
+        if (sem_init(&pool->workers[i].wake, 0, 0) != 0) {
+            err = errno;
+            pool_destroy(pool);
+            errno = err;
+            return NULL;
+        }
+        pool->nthreads = i + 1; /* what pool_destroy() destroys */
+    }
     for (int i = 0; i < nthreads; i++) {
         struct work_worker *w = &pool->workers[i];
 
         w->pool = pool;
+        w->limit = 1; /* until it knows how long the work takes */
         if ((err = ioloop__thread_start(&w->thread, "ioloop-work", worker_main, w)) < 0) {
             pool_join(pool);
             pool_destroy(pool);
@@ -626,6 +847,7 @@ int64_t ioloop_work_submit(ioloop_work_pool_t *pool, ioloop_t *loop, ioloop_work
                            ioloop_work_done_fn done, void *arg)
 {
     struct ioloop_work_inbox *inbox;
+    struct work_worker *woken = NULL;
     struct work_item *item;
     int64_t id;
     int err;
@@ -657,16 +879,27 @@ int64_t ioloop_work_submit(ioloop_work_pool_t *pool, ioloop_t *loop, ioloop_work
     inbox->npending++;
     pthread_mutex_unlock(&inbox->lock);
 
-    pthread_mutex_lock(&pool->lock);
-    if (pool->closing) {
-        id = -ESHUTDOWN;
-    } else if ((id = slot_take(pool, item)) > 0) {
-        link_append(&pool->queue, &item->queue);
-        pool->queued++;
-        pool->submitted++;
-        wake_one(pool);
+    ioloop__spin_lock(&pool->lock);
+    for (;;) {
+        if (pool->closing) {
+            id = -ESHUTDOWN;
+            break;
+        }
+        if (!ring_full(pool) && !slots_full(pool)) {
+            id = slot_take(pool, item);
+            ring_push(pool, item);
+            pool->submitted++;
+            if (pool->lingering)
+                queue_changed(pool);
+            woken = wake_one(pool);
+            break;
+        }
+        if ((id = pool_grow(pool)) < 0)
+            break; /* with the lock released */
     }
-    pthread_mutex_unlock(&pool->lock);
+    if (id != -ENOMEM)
+        ioloop__spin_unlock(&pool->lock);
+    unpark(woken);
 
     if (id < 0) {
         inbox_forget(inbox, item);
@@ -683,7 +916,7 @@ int ioloop_work_cancel(ioloop_work_pool_t *pool, int64_t work_id)
 
     if (pool == NULL || work_id <= 0)
         return -EINVAL;
-    pthread_mutex_lock(&pool->lock);
+    ioloop__spin_lock(&pool->lock);
     if (slot >= pool->nslots || pool->slots[slot].item == NULL ||
         pool->slots[slot].gen != gen) {
         err = -ENOENT;
@@ -691,12 +924,18 @@ int ioloop_work_cancel(ioloop_work_pool_t *pool, int64_t work_id)
         item = pool->slots[slot].item;
         switch (atomic_load_explicit(&item->state, memory_order_acquire)) {
         case WORK_QUEUED:
-            cancel_queued(pool, item);
-            cancelled = item;
-            err = 0;
-            break;
-        case WORK_TAKEN:
-            err = cancel_taken(item) ? 0 : -EBUSY; /* lost: it has just begun */
+            switch (cancel_not_begun(pool, item)) {
+            case CANCEL_UNQUEUED:
+                cancelled = item;
+                err = 0;
+                break;
+            case CANCEL_IN_BATCH:
+                err = 0;
+                break;
+            default:
+                err = -EBUSY; /* lost: it has just begun */
+                break;
+            }
             break;
         case WORK_RUNNING:
             err = -EBUSY;
@@ -706,25 +945,31 @@ int ioloop_work_cancel(ioloop_work_pool_t *pool, int64_t work_id)
             break;
         }
     }
-    pthread_mutex_unlock(&pool->lock);
+    ioloop__spin_unlock(&pool->lock);
 
     if (cancelled != NULL) {
         cancelled->next_done = NULL;
-        inbox_hand_in(cancelled->inbox, cancelled, cancelled, 1);
-        count_handed_in(pool, 1, 1);
+        inbox_hand_in(cancelled->inbox, cancelled, cancelled, 1, false);
     }
     return err;
+}
+
+void ioloop__work_pool_fix_batch(ioloop_work_pool_t *pool, unsigned n)
+{
+    ioloop__spin_lock(&pool->lock);
+    pool->fixed_batch = n > BATCH_MAX ? BATCH_MAX : n;
+    ioloop__spin_unlock(&pool->lock);
 }
 
 int ioloop_work_pool_get_stats(ioloop_work_pool_t *pool, ioloop_work_stats_t *out)
 {
     if (pool == NULL || out == NULL)
         return -EINVAL;
-    pthread_mutex_lock(&pool->lock);
+    ioloop__spin_lock(&pool->lock);
     out->threads = (uint64_t)pool->nthreads;
     out->queued = pool->queued;
     out->submitted = pool->submitted;
-    pthread_mutex_unlock(&pool->lock);
+    ioloop__spin_unlock(&pool->lock);
     out->running = atomic_load_explicit(&pool->running, memory_order_relaxed);
     out->cancelled = atomic_load_explicit(&pool->cancelled, memory_order_relaxed);
     out->completed = atomic_load_explicit(&pool->completed, memory_order_acquire);
@@ -734,7 +979,6 @@ int ioloop_work_pool_get_stats(ioloop_work_pool_t *pool, ioloop_work_stats_t *ou
 void ioloop_work_pool_free(ioloop_work_pool_t *pool)
 {
     struct work_item *cancelled = NULL, **tail = &cancelled;
-    uint64_t ncancelled = 0;
 
     if (pool == NULL)
         return;
@@ -743,16 +987,12 @@ void ioloop_work_pool_free(ioloop_work_pool_t *pool)
                         "would wait for itself\n", (void *)pool);
         abort();
     }
-    pthread_mutex_lock(&pool->lock);
+    ioloop__spin_lock(&pool->lock);
     pool->closing = true;
-    while (!link_empty(&pool->queue)) {
-        struct work_item *item =
-            ioloop__container_of(pool->queue.next, struct work_item, queue);
-
-        cancel_queued(pool, item);
+    for (struct work_item *item; (item = ring_pop(pool)) != NULL;) {
+        cancel_unqueued(pool, item);
         *tail = item;
         tail = &item->next_done;
-        ncancelled++;
     }
     *tail = NULL;
     for (int i = 0; i < pool->nthreads; i++) {
@@ -761,11 +1001,9 @@ void ioloop_work_pool_free(ioloop_work_pool_t *pool)
         for (unsigned j = 0; j < w->nbatch; j++)
             (void)cancel_taken(w->batch[j]); /* its worker hands it in */
     }
-    pthread_cond_broadcast(&pool->work_cond);
-    pthread_mutex_unlock(&pool->lock);
+    ioloop__spin_unlock(&pool->lock);
 
-    hand_in_chain(cancelled);
-    count_handed_in(pool, ncancelled, ncancelled);
+    hand_in_chain(cancelled, false);
     pool_join(pool);
     pool_destroy(pool);
 }
@@ -777,21 +1015,19 @@ void ioloop_work_pool_free(ioloop_work_pool_t *pool)
 static void cancel_for_loop(struct ioloop_work_inbox *inbox, struct work_item *item)
 {
     ioloop_work_pool_t *pool = item->pool;
-    bool queued;
+    bool unqueued = false;
 
-    pthread_mutex_lock(&pool->lock);
-    queued = atomic_load_explicit(&item->state, memory_order_relaxed) == WORK_QUEUED;
-    if (queued) {
-        cancel_queued(pool, item);
-        /* Counted under the pool lock: once it is out of the queue, nothing keeps the pool
-         * alive. (The loop sees the item only after we release the inbox.) */
-        count_handed_in(pool, 1, 1);
-    } else {
-        (void)cancel_taken(item);
+    ioloop__spin_lock(&pool->lock);
+    if (atomic_load_explicit(&item->state, memory_order_relaxed) == WORK_QUEUED &&
+        cancel_not_begun(pool, item) == CANCEL_UNQUEUED) {
+        /* Counted under the pool lock: once it is out of the ring, nothing keeps the pool
+         * alive. (We hold its inbox's lock: it is as good as handed in.) */
+        count_handed_in(pool, 1, 1, false);
+        unqueued = true;
     }
-    pthread_mutex_unlock(&pool->lock);
-    if (queued)
-        inbox_append(inbox, item, item, 1);
+    ioloop__spin_unlock(&pool->lock);
+    if (unqueued)
+        (void)inbox_append(inbox, item, item, 1); /* counted above */
 }
 
 void ioloop__work_loop_fini(ioloop_t *loop)

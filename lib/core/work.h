@@ -17,4 +17,9 @@ struct ioloop_work_inbox;
  * ran). Then the inbox is freed. Loop thread; the loop still works for the dones. */
 void ioloop__work_loop_fini(ioloop_t *loop);
 
+/* For tests: from now on every batch holds up to n items (at most 32), however long the work
+ * takes (0: back to sizing by the work's cost). Makes "taken in a batch, not begun" a state a
+ * test can build: a gated item first, the items behind it taken with it. Any thread. */
+void ioloop__work_pool_fix_batch(ioloop_work_pool_t *pool, unsigned n);
+
 #endif /* IOLOOP_LIB_WORK_H */
