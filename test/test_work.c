@@ -3,9 +3,10 @@
  * one done, in its loop's thread, with the right err, also from four submitting threads at
  * once and across two loops; FIFO order with one thread; cancel of queued work, of work taken
  * in a batch but not begun, of running work (-EBUSY) and of finished work (-ENOENT); pool_free
- * cancelling queued work, racing a submitting thread, and called from a done; submissions to
- * a stopped loop; dones that wait for a stopped loop's restart; ioloop_free() of a loop with
- * finished, queued and running work; the batching of completions; the threads' signal mask
+ * cancelling queued work and work taken in a batch, racing a submitting thread, and called
+ * from a done; submissions to a stopped loop; dones that wait for a stopped loop's restart;
+ * ioloop_free() of a loop with finished, queued, taken and running work; the batching of
+ * completions; the threads' signal mask
  * and name; no thread or fd left behind; and the -EINVAL cases.
  *
  * Work that must block does so on a gate: it writes a byte to a pipe when it begins and waits
@@ -711,6 +712,58 @@ static void test_work_submit_racing_pool_free_is_shutdown(void **state)
     free(jobs);
 }
 
+/* pool_free also cancels work a worker took in its batch but has not begun; the worker skips
+ * it and hands it in. A submission that fails with -ESHUTDOWN tells the test that pool_free has
+ * begun (it closes the pool and cancels in one critical section). */
+static void test_work_pool_free_cancels_taken(void **state)
+{
+    enum { N = 6, MAX = 1 << 16 }; /* 0 holds the worker; 1 begins the batch, gated; 2..5 */
+    struct run r = {0};
+    struct job *jobs = jobs_new(N + MAX, &r);
+    ioloop_t *loop = ioloop_new();
+    uint64_t deadline = test_now_us() + WAIT_MS * 1000u;
+    struct pool_freer f;
+    struct gate g0, g1;
+    int extra = 0;
+
+    gate_init(&g0);
+    gate_init(&g1);
+    assert_non_null(loop);
+    r.pool = ioloop_work_pool_new(1);
+    assert_non_null(r.pool);
+    ioloop__work_pool_fix_batch(r.pool, 32);
+    jobs[0].gate = &g0;
+    jobs[1].gate = &g1;
+    assert_true(submit(r.pool, loop, &jobs[0]) > 0);
+    gate_wait_started(&g0);
+    for (int i = 1; i < N; i++)
+        assert_true(submit(r.pool, loop, &jobs[i]) > 0);
+    gate_open(&g0);
+    gate_wait_started(&g1); /* 2..5 are in the worker's batch, not begun */
+    f.pool = r.pool;
+    assert_int_equal(pthread_create(&f.thread, NULL, pool_freer_main, &f), 0);
+    while (extra < MAX && submit(r.pool, loop, &jobs[N + extra]) > 0) {
+        extra++; /* accepted before pool_free began: it cancels these too */
+        assert_true(test_now_us() < deadline);
+        sched_yield();
+    }
+    assert_true(extra < MAX);
+    gate_open(&g1);
+    pthread_join(f.thread, NULL);
+
+    r.stop_at = N + extra;
+    run_loop(loop);
+    for (int i = 0; i < N + extra; i++) {
+        assert_int_equal(atomic_load(&jobs[i].dones), 1);
+        assert_int_equal(jobs[i].err, i < 2 ? 0 : -ECANCELED);
+        assert_int_equal(atomic_load(&jobs[i].ran), i < 2 ? 1 : 0);
+    }
+    ioloop_free(loop);
+    gate_fini(&g0);
+    gate_fini(&g1);
+    free(jobs);
+}
+
 /* pool_free from a done, in the loop thread, with work of that loop still queued or running:
  * it never waits for the loop, and the later dones run in the loop as usual. */
 static void free_pool_from_done(ioloop_t *loop, int err, void *arg)
@@ -874,6 +927,104 @@ static void test_work_loop_free_delivers_every_done(void **state)
     free(other);
 }
 
+/* Whether thread `tid` of this process is asleep (state S in /proc/self/task/<tid>/stat). */
+static bool thread_sleeping(pid_t tid)
+{
+    char path[64], buf[512], st = '?';
+    const char *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/self/task/%d/stat", (int)tid);
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    assert_true(fd >= 0);
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    p = strrchr(buf, ')');
+    assert_non_null(p);
+    assert_int_equal(sscanf(p + 1, " %c", &st), 1);
+    return st == 'S';
+}
+
+/* A thread that owns a loop: creates it, then frees it when told to, recording its tid. */
+struct loop_owner {
+    pthread_t thread;
+    ioloop_t *loop;
+    _Atomic pid_t tid;
+    struct gate go;        /* started: the loop exists; release: free it now */
+};
+
+static void *loop_owner_main(void *arg)
+{
+    struct loop_owner *o = arg;
+
+    atomic_store(&o->tid, gettid());
+    o->loop = ioloop_new();
+    gate_pass(&o->go);
+    ioloop_free(o->loop);
+    return NULL;
+}
+
+/* ioloop_free() cancels its loop's work that a worker took in a batch but has not begun, even
+ * while the worker runs another loop's work, and waits for the worker to hand it in. The test
+ * lets the worker go once the freeing thread sleeps: after the cancelling, the only sleep in
+ * ioloop_free() is the wait for the hand-in. */
+static void test_work_loop_free_cancels_taken(void **state)
+{
+    enum { N = 6 }; /* 0 holds the worker; 1 begins the batch, gated, for another loop */
+    struct run r = {.stop_at = N}; /* the owner's loop gets 4 dones first, `other` the last 2 */
+    struct job *jobs = jobs_new(N, &r);
+    ioloop_t *other = ioloop_new();
+    uint64_t deadline = test_now_us() + WAIT_MS * 1000u;
+    struct loop_owner o = {0};
+    struct gate g0, g1;
+
+    gate_init(&g0);
+    gate_init(&g1);
+    gate_init(&o.go);
+    assert_non_null(other);
+    r.pool = ioloop_work_pool_new(1);
+    assert_non_null(r.pool);
+    ioloop__work_pool_fix_batch(r.pool, 32);
+    assert_int_equal(pthread_create(&o.thread, NULL, loop_owner_main, &o), 0);
+    gate_wait_started(&o.go);
+    assert_non_null(o.loop);
+    jobs[0].gate = &g0;
+    jobs[1].gate = &g1;
+    assert_true(submit(r.pool, other, &jobs[0]) > 0);
+    gate_wait_started(&g0);
+    assert_true(submit(r.pool, other, &jobs[1]) > 0);
+    for (int i = 2; i < N; i++)
+        assert_true(submit(r.pool, o.loop, &jobs[i]) > 0);
+    gate_open(&g0);
+    gate_wait_started(&g1); /* 2..5, of the owner's loop, are in the batch, not begun */
+    gate_open(&o.go);       /* the owner frees its loop */
+    while (!thread_sleeping(atomic_load(&o.tid))) {
+        assert_true(test_now_us() < deadline);
+        sched_yield();
+    }
+    gate_open(&g1);
+    pthread_join(o.thread, NULL);
+
+    for (int i = 2; i < N; i++) {
+        assert_int_equal(atomic_load(&jobs[i].dones), 1);
+        assert_int_equal(jobs[i].err, -ECANCELED);
+        assert_int_equal(atomic_load(&jobs[i].ran), 0);
+        assert_true(pthread_equal(jobs[i].done_thread, o.thread));
+    }
+    run_loop(other);
+    assert_int_equal(jobs[0].err, 0);
+    assert_int_equal(jobs[1].err, 0);
+    ioloop_work_pool_free(r.pool);
+    ioloop_free(other);
+    gate_fini(&g0);
+    gate_fini(&g1);
+    gate_fini(&o.go);
+    free(jobs);
+}
+
 /* ---- Threads, fds, arguments ------------------------------------------------------------ */
 
 struct thread_probe {
@@ -984,11 +1135,13 @@ int main(void)
         cmocka_unit_test(test_work_cancel_finished_is_enoent),
         cmocka_unit_test(test_work_cancel_taken_before_it_begins),
         cmocka_unit_test(test_work_pool_free_cancels_queued),
+        cmocka_unit_test(test_work_pool_free_cancels_taken),
         cmocka_unit_test(test_work_submit_racing_pool_free_is_shutdown),
         cmocka_unit_test(test_work_pool_free_from_a_done),
         cmocka_unit_test(test_work_submit_to_stopped_loop_is_shutdown),
         cmocka_unit_test(test_work_done_waits_for_loop_restart),
         cmocka_unit_test(test_work_loop_free_delivers_every_done),
+        cmocka_unit_test(test_work_loop_free_cancels_taken),
         cmocka_unit_test(test_work_threads_block_signals_and_are_named),
         cmocka_unit_test(test_work_pool_free_leaves_no_thread_or_fd),
         cmocka_unit_test(test_work_invalid_arguments),
