@@ -45,8 +45,9 @@ typedef void (*ioloop_work_done_fn)(ioloop_t *loop, int err, void *arg);
 typedef struct ioloop_work_stats {
     uint64_t threads;   /**< worker threads */
     uint64_t queued;    /**< accepted and not yet taken by a worker */
-    uint64_t running;   /**< taken by a worker and not yet finished: the one it runs and the
-                             rest of the batch it took with it (see ioloop_work_submit()) */
+    uint64_t running;   /**< taken by a worker and not yet handed to its loop: the one it
+                             runs and the rest of the batch it took with it (see
+                             ioloop_work_submit()) */
     uint64_t submitted; /**< submissions accepted so far */
     uint64_t completed; /**< submissions whose `done` ran or is due: ran or cancelled */
     uint64_t cancelled; /**< of those, the ones cancelled before they started */
