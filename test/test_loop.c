@@ -2261,6 +2261,64 @@ static void test_loop_stats_max_lag(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* ---- Loop data ------------------------------------------------------------------------- */
+
+struct data_ctx {
+    int efd;
+    void *seen;                 /* what the loop's thread read */
+    int a, b;                   /* the markers attached */
+};
+
+/* In the loop's thread: reads what the owner attached before the start, attaches another. */
+static void data_swap_cb(ioloop_t *loop, void *arg)
+{
+    struct data_ctx *c = arg;
+    uint64_t one = 1;
+
+    c->seen = ioloop_data(loop);
+    ioloop_set_data(loop, &c->b);
+    if (write(c->efd, &one, sizeof one) != (ssize_t)sizeof one)
+        abort();
+}
+
+static void test_loop_data(void **state)
+{
+    int before = test_count_fds();
+    static struct data_ctx c;
+    test_loop_thread_t t;
+    ioloop_t *loop = ioloop_new();
+    uint64_t v;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_null(ioloop_data(NULL));
+    ioloop_set_data(NULL, &c.a); /* ignored */
+    /* NULL until set; the owner may set it before the loop runs. */
+    assert_null(ioloop_data(loop));
+    ioloop_set_data(loop, &c.a);
+    assert_ptr_equal(ioloop_data(loop), &c.a);
+
+    c.efd = eventfd(0, EFD_CLOEXEC);
+    assert_true(c.efd >= 0);
+    start_in_thread(&t, loop);
+    assert_int_equal(ioloop_add_callback(loop, data_swap_cb, &c), 0);
+    assert_int_equal(read(c.efd, &v, sizeof v), sizeof v);
+    assert_ptr_equal(c.seen, &c.a);
+    /* Readable from another thread while the loop runs. */
+    assert_ptr_equal(ioloop_data(loop), &c.b);
+
+    ioloop_stop(loop);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+    assert_ptr_equal(ioloop_data(loop), &c.b);
+    ioloop_set_data(loop, NULL);
+    assert_null(ioloop_data(loop));
+    /* The library never touches it: freeing the loop frees nothing of the application's. */
+    ioloop_set_data(loop, &c.a);
+    ioloop_free(loop);
+    close_fd(c.efd);
+    assert_int_equal(test_count_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2302,6 +2360,7 @@ int main(void)
         cmocka_unit_test(test_loop_stats_timers),
         cmocka_unit_test(test_loop_stats_callbacks_and_wakeups),
         cmocka_unit_test(test_loop_stats_max_lag),
+        cmocka_unit_test(test_loop_data),
     };
     struct rlimit rl;
 

@@ -26,6 +26,7 @@
 #include "core/loop.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -591,6 +592,12 @@ int ioloop_start(ioloop_t *loop)
     current_loop = outer;
     atomic_store_explicit(&loop->running, LOOP_IDLE, memory_order_release);
     return 0;
+}
+
+void ioloop__wait_stopped(const ioloop_t *loop)
+{
+    while (atomic_load_explicit(&loop->running, memory_order_acquire) != LOOP_IDLE)
+        sched_yield();
 }
 
 void ioloop_stop(ioloop_t *loop)

@@ -144,6 +144,11 @@ ioloop_t *ioloop__new_with_uid(uint32_t uid);
 /* 0 if the calling thread may use the loop's thread-only functions now, else -EPERM. */
 int ioloop__check_thread(const ioloop_t *loop);
 
+/* After ioloop_stop() (ioloop_add_callback() said -ESHUTDOWN): waits until the start it ends,
+ * if one runs, has returned, so that the calling thread may act for the loop. Short: the
+ * loop finishes one iteration and its queued callbacks. Any thread. */
+void ioloop__wait_stopped(const ioloop_t *loop);
+
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t ioloop__clock_ns(void);
 

@@ -51,6 +51,7 @@ enum {
     F_RESUMED = 0x20,    /* resumed while on_data ran */
     F_OWN_CLASS = 0x40,  /* cls is this connection's own (freed with it) */
     F_REGISTERED = 0x80, /* in the handler table */
+    F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
 };
 
 /* conn->todo */
@@ -157,7 +158,7 @@ static void leave_open(ioloop_conn_t *conn)
 {
     ioloop__conns_unpublish(conn->loop, conn_id(conn));
     if (conn->cls->closing != NULL)
-        conn->cls->closing(conn);
+        conn->cls->closing(conn, !(conn->flags & F_PROXY));
 }
 
 /* Ends the connection: out of the handler table now, on_close and the rest deferred. */
@@ -222,7 +223,7 @@ static void reap(ioloop_conn_t *conn)
     int err = conn->err;
 
     run_flushed(conn, err, true);
-    if (cls->handlers.on_close != NULL)
+    if (cls->handlers.on_close != NULL && !(conn->flags & F_PROXY))
         cls->handlers.on_close(conn, err);
     close(conn->fd);
     ioloop__buf_free(&conn->in);
@@ -682,8 +683,18 @@ static void on_work(ioloop_t *loop, struct ioloop_deferred *node)
         flush(conn);
 }
 
+/* The connection opens to the application: its owner counts it, on_open runs. */
+static void open_up(ioloop_conn_t *conn)
+{
+    ioloop__conns_publish(conn->loop, conn_id(conn), conn->cls->owner);
+    if (conn->cls->opened != NULL)
+        conn->cls->opened(conn);
+    if (conn->cls->handlers.on_open != NULL)
+        conn->cls->handlers.on_open(conn);
+}
+
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
-                                 bool connecting)
+                                 enum ioloop_conn_start start)
 {
     ioloop_conn_t *conn = calloc(1, sizeof *conn);
     uint64_t id;
@@ -698,7 +709,7 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     conn->cls = cls;
     conn->work.fn = on_work;
     conn->state = IOLOOP__CONN_OPEN;
-    conn->flags = connecting ? F_CONNECTING : 0;
+    conn->flags = start == IOLOOP__CONN_CONNECTING ? F_CONNECTING : 0;
     if ((err = ioloop__conns_add(loop, conn, &id)) < 0)
         goto fail;
     conn->slot = ioloop__conn_id_slot(id);
@@ -709,9 +720,10 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     }
     conn->flags |= F_REGISTERED;
     touch(conn);
-    ioloop__conns_publish(loop, id, cls->owner);
-    if (!connecting && cls->handlers.on_open != NULL)
-        cls->handlers.on_open(conn);
+    if (start == IOLOOP__CONN_CONNECTING)
+        ioloop__conns_publish(loop, id, cls->owner); /* its owner is the application */
+    else
+        open_up(conn);
     return conn;
 
 fail:
@@ -852,7 +864,7 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
      * on_open never runs before the caller has the connection. */
     if (connect(fd, (struct sockaddr *)&addr.ss, addr.len) < 0 && errno != EINPROGRESS)
         connect_err = errno == EAGAIN ? -ECONNREFUSED : -errno;
-    conn = ioloop__conn_open(loop, fd, cls, true);
+    conn = ioloop__conn_open(loop, fd, cls, IOLOOP__CONN_CONNECTING);
     if (conn == NULL) {
         err = errno;
         close(fd);
@@ -867,6 +879,19 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
 }
 
 /* ---- Accessors -------------------------------------------------------------------------- */
+
+int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_storage *addr, socklen_t *len)
+{
+    int err;
+
+    if (conn == NULL || addr == NULL || len == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(conn->loop)) < 0)
+        return err;
+    if (conn->flags & F_CONNECTING)
+        return -ENOTCONN;
+    return getpeername(conn->fd, (struct sockaddr *)addr, len) == 0 ? 0 : -errno;
+}
 
 uint64_t ioloop_conn_id(const ioloop_conn_t *conn)
 {
