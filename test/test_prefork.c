@@ -74,6 +74,7 @@ enum behaviour {
     EXIT0_ON_GO,  /* exit 0 when the go pipe reaches end of file */
     CRASH,        /* exit 1 at once */
     IGNORE_TERM,  /* ignore SIGTERM and run until killed */
+    FIRST_SERVES, /* the index's first worker: SERVE; any later one: CRASH */
 };
 
 enum record_kind { STARTED = 1, STOPPING };
@@ -120,6 +121,7 @@ struct caller_state {
 
 static struct scenario sc;
 static struct caller_state before;
+static char scratch_dir[64];
 
 static void capture(struct caller_state *st)
 {
@@ -288,9 +290,21 @@ static void worker_main(int index)
         while (read(sc.go, &byte, 1) < 0 && errno == EINTR)
             ;
         exit(0);
+    case FIRST_SERVES: {
+        char path[160];
+        int fd;
+
+        snprintf(path, sizeof path, "%s/first-%d", scratch_dir, index);
+        fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd >= 0) {
+            close(fd);
+            worker_serve(index, flags);
+        }
+    }
+        /* fall through */
     case CRASH:
         report(STARTED, index, flags);
-        exit(1);
+        _exit(1); /* as a crash would: no exit handlers */
     case IGNORE_TERM: {
         ioloop_t *loop = ioloop_new();
 
@@ -367,7 +381,6 @@ typedef struct run {
 static run_t current;
 static int fds_at_start;
 static int hold_fd = -1; /* see reserve_port() */
-static char scratch_dir[64];
 
 /* A fresh scenario: n SERVE workers, no port, no logger, the given options. */
 static void scenario_init(int n)
@@ -529,6 +542,19 @@ static char *slurp_log(void)
     return text;
 }
 
+/* Waits (bounded) until the supervisor's log holds `needle`; the log is written within its
+ * flush interval (20 ms), so this looks every 20 ms. */
+static void wait_log(const char *needle)
+{
+    uint64_t deadline = test_now_us() + WAIT_MS * 1000u;
+
+    while (strstr(slurp_log(), needle) == NULL) {
+        if (test_now_us() > deadline)
+            fail_msg("the log never said \"%s\"", needle);
+        poll(NULL, 0, 20);
+    }
+}
+
 static int count_substr(const char *text, const char *needle)
 {
     int n = 0;
@@ -559,6 +585,12 @@ static int teardown(void **state)
     hold_fd = -1;
     if (sc.log_path[0] != '\0')
         unlink(sc.log_path);
+    for (int i = 0; i < MAX_WORKERS; i++) {
+        char path[160];
+
+        snprintf(path, sizeof path, "%s/first-%d", scratch_dir, i);
+        unlink(path);
+    }
     /* Every test closes what it opened and leaves no process behind. */
     if (test_count_fds() != fds_at_start) {
         fprintf(stderr, "fds: %d at the start, %d now\n", fds_at_start, test_count_fds());
@@ -964,6 +996,79 @@ static void test_prefork_inherits_caller_state(void **state)
     assert_int_equal(count_substr(log, "prefork: rolling restart of worker 0: replacement"), 1);
 }
 
+/* A worker being replaced that ignores SIGTERM gets SIGKILL drain_timeout_ms after it, is
+ * not restarted, and the rolling restart goes on (here: ends). */
+static void test_prefork_rolling_restart_kills_stubborn_old(void **state)
+{
+    int old_fd;
+    uint64_t told;
+    char *log, line[160];
+
+    (void)state;
+    scenario_init(1);
+    sc.behave[0] = IGNORE_TERM;
+    sc.options.settle_ms = 50;
+    sc.options.drain_timeout_ms = 300;
+    use_log();
+    run_start(&current, false);
+    wait_for(&current, STARTED, 0, 1);
+    old_fd = pidfd_open(nth(&current, STARTED, 0, 0)->pid, 0);
+    assert_true(old_fd >= 0);
+    told = test_now_us();
+    assert_int_equal(kill(current.pid, SIGHUP), 0);
+    wait_for(&current, STARTED, 0, 2);
+    assert_int_not_equal(test_wait_fd(old_fd, POLLIN, WAIT_MS), 0); /* the old one ended */
+    close(old_fd);
+    assert_true(test_now_us() - told >= (50 + 300) * 1000);
+    wait_log("prefork: rolling restart done");
+    assert_int_equal(kill(current.pid, SIGTERM), 0);
+    assert_int_equal(run_end(&current), 0);
+    assert_int_equal(count(&current, STARTED, 0), 2);
+    log = slurp_log();
+    snprintf(line, sizeof line, "prefork: replaced worker 0 (pid %d) killed by signal 9 (KILL); "
+             "not restarted", (int)nth(&current, STARTED, 0, 0)->pid);
+    assert_non_null(strstr(log, line));
+    assert_non_null(strstr(log, "still running after 300 ms: SIGKILL"));
+    assert_non_null(strstr(log, "prefork: rolling restart done"));
+}
+
+/* A replacement that crashes (and is given up, with max_restarts = 1) before the settle time
+ * ends: the old worker stays in service, untouched, and the rolling restart stops there. */
+static void test_prefork_rolling_restart_keeps_old_if_replacement_crashes(void **state)
+{
+    const struct record *old;
+    char *log, line[160];
+
+    (void)state;
+    scenario_init(1);
+    sc.behave[0] = FIRST_SERVES;
+    sc.options.settle_ms = 500;
+    sc.options.max_restarts = 1;
+    use_log();
+    run_start(&current, false);
+    wait_for(&current, STARTED, 0, 1);
+    assert_int_equal(kill(current.pid, SIGHUP), 0);
+    wait_for(&current, STARTED, 0, 3); /* the replacement and its one restart */
+    old = nth(&current, STARTED, 0, 0);
+    /* The supervisor decides at the settle time; the old worker is still there after it. */
+    wait_log("rolling restart stopped");
+    assert_int_equal(run_read(&current, 0), -1); /* no record meanwhile */
+    assert_int_equal(kill(old->pid, 0), 0);
+    assert_int_equal(count(&current, STOPPING, -1), 0);
+
+    assert_int_equal(kill(current.pid, SIGTERM), 0);
+    assert_int_equal(run_end(&current), 0);
+    assert_int_equal(count(&current, STARTED, 0), 3);
+    assert_int_equal(count(&current, STOPPING, 0), 1);
+    assert_int_equal(nth(&current, STOPPING, 0, 0)->pid, old->pid); /* the old one, at the end */
+    log = slurp_log();
+    snprintf(line, sizeof line, "the replacement is not running; pid %d stays, rolling restart "
+             "stopped", (int)old->pid);
+    assert_non_null(strstr(log, line));
+    assert_non_null(strstr(log, "giving index 0 up"));
+    assert_null(strstr(log, "SIGTERM to old pid"));
+}
+
 /* ---- Errors ----------------------------------------------------------------------------- */
 
 static void *blocked_thread(void *arg)
@@ -1060,6 +1165,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_prefork_sigterm_stops_rolling_restart, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_prefork_rolling_restart_kills_stubborn_old, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(
+            test_prefork_rolling_restart_keeps_old_if_replacement_crashes, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefork_inherits_caller_state, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefork_errors, setup, teardown),
     };
