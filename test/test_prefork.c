@@ -75,6 +75,7 @@ enum behaviour {
     CRASH,        /* exit 1 at once */
     IGNORE_TERM,  /* ignore SIGTERM and run until killed */
     FIRST_SERVES, /* the index's first worker: SERVE; any later one: CRASH */
+    SERVE_POOL,   /* a pool and a reuseport ioloop server on the port; drain on SIGTERM */
 };
 
 enum record_kind { STARTED = 1, STOPPING };
@@ -257,6 +258,57 @@ static void worker_serve(int index, int flags)
     exit(0);
 }
 
+/* The library's way: answers each connection from its pool loop, then closes it. */
+static void on_open_answer(ioloop_conn_t *conn)
+{
+    char reply[64];
+    int len = snprintf(reply, sizeof reply, "%d %d\n", *(int *)ioloop_conn_user(conn),
+                       (int)getpid());
+
+    ioloop_conn_write(conn, reply, (size_t)len);
+    ioloop_conn_close(conn);
+}
+
+static size_t on_data_ignore(ioloop_conn_t *conn, const char *data, size_t len)
+{
+    return len;
+}
+
+static void on_stop_signal(ioloop_t *loop, int signo, void *arg)
+{
+    ioloop_stop(loop);
+}
+
+/* A pool of two loops, each with its own SO_REUSEPORT listener on the port (the server's
+ * reuseport mode); SIGTERM in the main thread's loop drains the server and exits 0. */
+static void worker_serve_pool(int index, int flags)
+{
+    static const ioloop_conn_handlers_t handlers = {.on_open = on_open_answer,
+                                                    .on_data = on_data_ignore};
+    ioloop_t *loop = ioloop_new();
+    ioloop_server_t *server;
+    ioloop_pool_t *pool;
+    char address[32];
+
+    if (loop == NULL || ioloop_add_signal(loop, SIGTERM, on_stop_signal, NULL) != 0)
+        flags |= BAD_SIGNAL;
+    pool = ioloop_pool_new(2);
+    snprintf(address, sizeof address, "127.0.0.1:%d", sc.port);
+    server = ioloop_server_new_opts(pool, address, &handlers, &index,
+                                    &(ioloop_server_options_t){.reuseport = 1});
+    if (pool == NULL || server == NULL || ioloop_server_start(server) != 0)
+        flags |= BAD_LISTEN;
+    report(STARTED, index, flags);
+    ioloop_start(loop);
+    if (ioloop_server_drain(server, 2000) != 0)
+        _exit(102);
+    report(STOPPING, index, 0);
+    ioloop_server_free(server);
+    ioloop_pool_free(pool);
+    ioloop_free(loop);
+    exit(0);
+}
+
 static void on_later(ioloop_t *loop, void *arg)
 {
     ioloop_stop(loop);
@@ -272,6 +324,9 @@ static void worker_main(int index)
     switch (sc.behave[index]) {
     case SERVE:
         worker_serve(index, flags);
+        break;
+    case SERVE_POOL:
+        worker_serve_pool(index, flags);
         break;
     case EXIT0:
         report(STARTED, index, flags);
@@ -825,7 +880,7 @@ static void test_prefork_drain_timeout_kills(void **state)
 struct client {
     int port;
     uint64_t until_us;
-    atomic_int attempts, answered, refused, resets, other;
+    atomic_int attempts, answered, refused, resets, empty, other;
     int first_err;
     pid_t pids[16];          /* distinct pids that answered */
     int npids;
@@ -854,8 +909,10 @@ static void *client_main(void *arg)
                 c->pids[c->npids++] = pid;
         } else if (err == -ECONNREFUSED) {
             atomic_fetch_add(&c->refused, 1);
-        } else if (err == -ECONNRESET || err == -EPIPE) {
+        } else if (err == -ECONNRESET) {
             atomic_fetch_add(&c->resets, 1);
+        } else if (err == -EPIPE) {
+            atomic_fetch_add(&c->empty, 1);
         } else {
             if (atomic_fetch_add(&c->other, 1) == 0)
                 c->first_err = err;
@@ -879,28 +936,28 @@ static bool answered_by(const struct client *c, pid_t pid)
     return false;
 }
 
-/* SIGHUP under a client that connects without pause for 3 s: every index gets a new pid,
- * replaced one at a time (a replacement starts before its old worker stops, and the next
+/* SIGHUP under a client that connects without pause for client_ms: every index gets a new
+ * pid, replaced one at a time (a replacement starts before its old worker stops, and the next
  * index only after that), and no connection attempt is refused. Connections queued in an old
- * worker's listener when it closed are reset (a known SO_REUSEPORT limit): counted and
- * printed, not failed. */
-static void test_prefork_rolling_restart_keeps_serving(void **state)
+ * worker's listener when it closed are reset (a known SO_REUSEPORT limit; the workers accept
+ * what is queued before they close their listeners): counted and printed, not failed. */
+static void rolling_restart_under_client(enum behaviour behave, uint64_t client_ms)
 {
     struct client *c = &client;
     uint64_t hup_at;
     char *log;
 
-    (void)state;
     memset(c, 0, sizeof *c);
     c->port = reserve_port();
     scenario_init(2);
+    sc.behave[0] = sc.behave[1] = behave;
     sc.port = c->port;
     sc.options.settle_ms = 200;
     use_log();
     run_start(&current, false);
     wait_for(&current, STARTED, -1, 2);
 
-    c->until_us = test_now_us() + 3000 * 1000;
+    c->until_us = test_now_us() + client_ms * 1000;
     assert_int_equal(pthread_create(&c->thread, NULL, client_main, c), 0);
     c->running = true;
     hup_at = test_now_us();
@@ -925,10 +982,10 @@ static void test_prefork_rolling_restart_keeps_serving(void **state)
     assert_true(nth(&current, STOPPING, 0, 0)->at_us < nth(&current, STARTED, 1, 1)->at_us);
     assert_true(nth(&current, STOPPING, 1, 0)->at_us - nth(&current, STOPPING, 0, 0)->at_us >=
                 200 * 1000);
-    print_message("rolling restart: %d attempts, %d answered, %d refused, %d reset, %d other "
-                  "(first %d)\n", atomic_load(&c->attempts), atomic_load(&c->answered),
-                  atomic_load(&c->refused), atomic_load(&c->resets), atomic_load(&c->other),
-                  c->first_err);
+    print_message("rolling restart: %d attempts, %d answered, %d refused, %d reset, %d closed "
+                  "unanswered, %d other (first %d)\n", atomic_load(&c->attempts),
+                  atomic_load(&c->answered), atomic_load(&c->refused), atomic_load(&c->resets),
+                  atomic_load(&c->empty), atomic_load(&c->other), c->first_err);
     assert_int_equal(atomic_load(&c->refused), 0);
     assert_int_equal(atomic_load(&c->other), 0);
     assert_true(atomic_load(&c->answered) > 100);
@@ -942,6 +999,21 @@ static void test_prefork_rolling_restart_keeps_serving(void **state)
     assert_int_equal(count_substr(log, "replaced worker 0 (pid"), 1);
     assert_int_equal(count_substr(log, "replaced worker 1 (pid"), 1);
     assert_int_equal(count_substr(log, "prefork: rolling restart done"), 1);
+}
+
+/* Workers on raw SO_REUSEPORT listeners, for 3 s. */
+static void test_prefork_rolling_restart_keeps_serving(void **state)
+{
+    (void)state;
+    rolling_restart_under_client(SERVE, 3000);
+}
+
+/* Workers as an application writes them: a pool and a reuseport ioloop server each, drained
+ * (ioloop_server_drain) on SIGTERM; for 2 s. */
+static void test_prefork_rolling_restart_reuseport_server(void **state)
+{
+    (void)state;
+    rolling_restart_under_client(SERVE_POOL, 2000);
 }
 
 /* SIGTERM while a replacement settles: the rolling restart stops (index 1 is never
@@ -1162,6 +1234,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_prefork_crash_loop_capped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefork_drain_timeout_kills, setup, teardown),
         cmocka_unit_test_setup_teardown(test_prefork_rolling_restart_keeps_serving, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_prefork_rolling_restart_reuseport_server, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_prefork_sigterm_stops_rolling_restart, setup,
                                         teardown),
