@@ -494,8 +494,8 @@ static bool task_status(pid_t tid, char *name, size_t size, unsigned long long *
 /*
  * ThreadSanitizer's runtime starts background threads of its own (at the first
  * pthread_create, and again in a fork child: one or two), which take no lock of ours. They
- * keep the process's name and block every signal; an application thread rarely does both.
- * Only ThreadSanitizer builds make this guess.
+ * keep the process's name and block every signal (SIGHUP to SIGTERM are looked at); an
+ * application thread rarely does both. Only ThreadSanitizer builds make this guess.
  */
 static bool sanitizer_thread(pid_t self, pid_t tid)
 {
@@ -524,10 +524,13 @@ static int check_threads(void)
     ioloop__log_thread_ids(&logger, &joined);
     if ((dir = opendir("/proc/self/task")) == NULL)
         return -errno;
-    errno = 0;
-    while ((e = readdir(dir)) != NULL) {
-        pid_t tid = (pid_t)strtol(e->d_name, NULL, 10);
+    for (;;) {
+        pid_t tid;
 
+        errno = 0; /* readdir() tells its end from an error only by errno */
+        if ((e = readdir(dir)) == NULL)
+            break;
+        tid = (pid_t)strtol(e->d_name, NULL, 10);
         if (tid <= 0 || tid == self || tid == logger || tid == joined)
             continue;
 #ifdef UNDER_TSAN
