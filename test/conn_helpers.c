@@ -326,6 +326,10 @@ void tc_unlock(struct tc_rec *r)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Callbacks in progress in this thread: with a shared recorder (tc_rec.many), other loops'
+ * callbacks run at the same time, so only this thread's own count shows nesting. */
+static _Thread_local int thread_depth;
+
 struct tc_rec *tc_enter(ioloop_conn_t *conn)
 {
     struct tc_rec *r = ioloop_conn_user(conn);
@@ -333,15 +337,17 @@ struct tc_rec *tc_enter(ioloop_conn_t *conn)
     if (r == NULL)
         abort(); /* a callback with a conn that does not know its user */
     pthread_mutex_lock(&r->lock);
-    if (r->depth > 0)
+    if (r->many ? thread_depth > 0 : r->depth > 0)
         r->nested++;
     r->depth++;
-    if (ioloop_current() != r->loop || ioloop_conn_loop(conn) != r->loop) {
+    thread_depth++;
+    if (r->many ? ioloop_current() != ioloop_conn_loop(conn)
+                : ioloop_current() != r->loop || ioloop_conn_loop(conn) != r->loop) {
         r->outside_loop++;
         if (!pthread_equal(pthread_self(), r->owner))
             r->outside_owner++;
     }
-    if (r->closes > 0)
+    if (r->closes > 0 && !r->many)
         r->after_close++;
     pthread_mutex_unlock(&r->lock);
     return r;
@@ -351,6 +357,7 @@ void tc_leave(struct tc_rec *r)
 {
     pthread_mutex_lock(&r->lock);
     r->depth--;
+    thread_depth--;
     pthread_cond_broadcast(&r->cond);
     pthread_mutex_unlock(&r->lock);
 }

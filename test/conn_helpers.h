@@ -105,6 +105,13 @@ struct tc_rec {
     int rc[32];                 /* return codes a test's callbacks report */
     size_t val[16];             /* sizes a test's callbacks report */
     void *test;                 /* the test's own state */
+    /* Set by a test whose connections share the recorder over several loops (a pool of
+     * many): a callback then counts as outside_loop when it does not run in its own
+     * connection's loop (whichever that is), as nested only inside another callback of its
+     * own thread (other loops' callbacks run meanwhile), and after_close is not kept (one
+     * connection's close says nothing about another's callbacks). Counters count every
+     * connection; conn and id are the last one opened (NULL after any close). */
+    bool many;
 };
 
 void tc_rec_init(struct tc_rec *r, ioloop_t *loop);
