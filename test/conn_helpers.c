@@ -534,6 +534,12 @@ void tc_flushed(ioloop_conn_t *conn, int err, void *arg)
 
 void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h)
 {
+    tc_server_open_opts(sv, r, h, NULL);
+}
+
+void tc_server_open_opts(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h,
+                         const ioloop_server_options_t *options)
+{
     memset(sv, 0, sizeof *sv);
     sv->fds = test_count_fds();
     sv->pool = ioloop_pool_new(1);
@@ -541,7 +547,7 @@ void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_ha
     sv->loop = ioloop_pool_loop(sv->pool, 0);
     assert_non_null(sv->loop);
     r->loop = sv->loop;
-    sv->server = ioloop_server_new(sv->pool, "127.0.0.1:0", h, r);
+    sv->server = ioloop_server_new_opts(sv->pool, "127.0.0.1:0", h, r, options);
     assert_non_null(sv->server);
     assert_int_equal(ioloop_server_start(sv->server), 0);
     sv->port = ioloop_server_port(sv->server);

@@ -161,6 +161,9 @@ struct tc_server {
 
 /* Starts a server on 127.0.0.1:0 whose connections record into r (r->loop is set). */
 void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h);
+/* The same with server options (NULL: the defaults). */
+void tc_server_open_opts(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h,
+                         const ioloop_server_options_t *options);
 /* Frees the server and the pool, then checks the fd count. */
 void tc_server_close(struct tc_server *sv);
 /* A client of the server (tc_connect()); waits until r saw one more open. */
