@@ -40,6 +40,7 @@
 
 #include "net/address.h"
 #include "net/conns.h"
+#include "net/proxy.h"
 
 /* conn->flags */
 enum {
@@ -52,6 +53,18 @@ enum {
     F_OWN_CLASS = 0x40,  /* cls is this connection's own (freed with it) */
     F_REGISTERED = 0x80, /* in the handler table */
     F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
+    F_PROXIED = 0x200,   /* cls is a struct proxied_class: the peer is the header's */
+};
+
+/* A PROXY header must be complete this long after the accept (API.md §6), so a client that
+ * sends none cannot hold a connection. */
+#define PROXY_DEADLINE_MS 5000
+
+/* The private class of a connection whose PROXY header named its client. */
+struct proxied_class {
+    struct ioloop_conn_class cls;
+    socklen_t peer_len;
+    struct sockaddr_storage peer;
 };
 
 /* conn->todo */
@@ -161,6 +174,16 @@ static void leave_open(ioloop_conn_t *conn)
         conn->cls->closing(conn, !(conn->flags & F_PROXY));
 }
 
+/* The connection opens to the application: its owner counts it, on_open runs. */
+static void open_up(ioloop_conn_t *conn)
+{
+    ioloop__conns_publish(conn->loop, conn_id(conn), conn->cls->owner);
+    if (conn->cls->opened != NULL)
+        conn->cls->opened(conn);
+    if (conn->cls->handlers.on_open != NULL)
+        conn->cls->handlers.on_open(conn);
+}
+
 /* Ends the connection: out of the handler table now, on_close and the rest deferred. */
 static void finish(ioloop_conn_t *conn, int err)
 {
@@ -234,6 +257,14 @@ static void reap(ioloop_conn_t *conn)
         gone(cls); /* the owner may be freed as soon as this returns */
     if (own_class)
         free(cls);
+}
+
+static void on_proxy_deadline(ioloop_t *loop, void *arg)
+{
+    ioloop_conn_t *conn = arg;
+
+    conn->timer = 0;
+    finish(conn, -ETIMEDOUT);
 }
 
 /* ---- Closing ---------------------------------------------------------------------------- */
@@ -579,11 +610,68 @@ static void discard(ioloop_conn_t *conn)
         read_failed(conn, n < 0 ? -errno : 0);
 }
 
+/* The open that waited for the PROXY header: a private class keeps the client's address. */
+static int take_proxy_header(ioloop_conn_t *conn, const struct ioloop_proxy_header *h)
+{
+    struct proxied_class *pc;
+
+    if (h->local)
+        return 0; /* a health check from the proxy itself: the socket's peer stands */
+    pc = malloc(sizeof *pc);
+    if (pc == NULL)
+        return -ENOMEM;
+    pc->cls = *conn->cls;
+    pc->peer = h->src;
+    pc->peer_len = h->src_len;
+    if (conn->flags & F_OWN_CLASS)
+        free(conn->cls);
+    conn->cls = &pc->cls;
+    conn->flags |= F_OWN_CLASS | F_PROXIED;
+    return 0;
+}
+
+/* Reads until the PROXY header is whole, then opens the connection; what came behind the
+ * header is the application's first input. A malformed or oversized header closes the
+ * connection without on_open (the owner counts it as refused). */
+static void read_proxy_header(ioloop_conn_t *conn)
+{
+    struct ioloop_proxy_header h;
+    ssize_t n = ioloop__buf_read_fd(&conn->in, conn->fd,
+                                    IOLOOP__PROXY_MAX - ioloop__buf_len(conn->in));
+    int len, err;
+
+    if (n <= 0) {
+        if (n != -EAGAIN && n != -EINTR)
+            finish(conn, n == 0 ? -ECONNRESET : (int)n); /* gone before its header */
+        return;
+    }
+    len = ioloop__proxy_parse(ioloop__buf_peek(conn->in), ioloop__buf_len(conn->in), &h);
+    if (len == 0)
+        return; /* a valid beginning: wait for more */
+    if (len < 0 || (err = take_proxy_header(conn, &h)) < 0) {
+        finish(conn, len < 0 ? -EPROTO : err);
+        return;
+    }
+    ioloop__buf_consume(conn->in, (size_t)len);
+    if (ioloop__buf_len(conn->in) == 0)
+        ioloop__buf_free(&conn->in);
+    conn->flags &= (uint16_t)~F_PROXY;
+    stop_timer(conn);
+    touch(conn);
+    open_up(conn);
+    if (conn->state == IOLOOP__CONN_OPEN && !(conn->flags & F_PAUSED))
+        deliver(conn);
+}
+
 static void handle_readable(ioloop_conn_t *conn)
 {
     size_t limit = conn->cls->max_input, kept = ioloop__buf_len(conn->in);
     ssize_t n;
 
+    if (conn->flags & F_PROXY) {
+        read_proxy_header(conn);
+        return;
+    }
     if (conn->state != IOLOOP__CONN_OPEN) {
         discard(conn);
         return;
@@ -683,16 +771,6 @@ static void on_work(ioloop_t *loop, struct ioloop_deferred *node)
         flush(conn);
 }
 
-/* The connection opens to the application: its owner counts it, on_open runs. */
-static void open_up(ioloop_conn_t *conn)
-{
-    ioloop__conns_publish(conn->loop, conn_id(conn), conn->cls->owner);
-    if (conn->cls->opened != NULL)
-        conn->cls->opened(conn);
-    if (conn->cls->handlers.on_open != NULL)
-        conn->cls->handlers.on_open(conn);
-}
-
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
                                  enum ioloop_conn_start start)
 {
@@ -720,10 +798,18 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     }
     conn->flags |= F_REGISTERED;
     touch(conn);
-    if (start == IOLOOP__CONN_CONNECTING)
+    if (start == IOLOOP__CONN_CONNECTING) {
         ioloop__conns_publish(loop, id, cls->owner); /* its owner is the application */
-    else
+    } else if (start == IOLOOP__CONN_PROXIED) {
+        conn->flags |= F_PROXY;
+        conn->timer = ioloop_run_after(loop, PROXY_DEADLINE_MS, on_proxy_deadline, conn);
+        if (conn->timer < 0) {
+            conn->timer = 0;
+            finish(conn, -ENOMEM);
+        }
+    } else {
         open_up(conn);
+    }
     return conn;
 
 fail:
@@ -890,6 +976,13 @@ int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_storage *addr, s
         return err;
     if (conn->flags & F_CONNECTING)
         return -ENOTCONN;
+    if (conn->flags & F_PROXIED) {
+        const struct proxied_class *pc = (const struct proxied_class *)conn->cls;
+
+        memcpy(addr, &pc->peer, *len < pc->peer_len ? *len : pc->peer_len);
+        *len = pc->peer_len;
+        return 0;
+    }
     return getpeername(conn->fd, (struct sockaddr *)addr, len) == 0 ? 0 : -errno;
 }
 

@@ -62,6 +62,7 @@ struct ioloop_conn {
 /* How a connection begins (ioloop__conn_open). */
 enum ioloop_conn_start {
     IOLOOP__CONN_ACCEPTED,   /* open at once: on_open runs inside ioloop__conn_open() */
+    IOLOOP__CONN_PROXIED,    /* a PROXY protocol header comes first; on_open once it came */
     IOLOOP__CONN_CONNECTING, /* connect() in progress; on_open once it completed */
 };
 

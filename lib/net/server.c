@@ -56,6 +56,7 @@ struct ioloop_server {
     atomic_bool detached;           /* the pool was freed first: nothing left to reach */
     atomic_bool closing;            /* ioloop_server_free() began: admit nothing more */
     bool reuseport;
+    bool proxy;                     /* connections start with a PROXY protocol header */
     bool started;
     bool listening;                 /* the listeners are open (until drained or freed) */
     int port;                       /* the bound TCP port, or -EINVAL for a unix socket */
@@ -208,7 +209,9 @@ static void admit(ioloop_server_t *server, ioloop_t *loop, int fd)
     } else if (server->max_conns > 0 && admitted >= server->max_conns) {
         atomic_fetch_sub_explicit(&server->admitted, 1, memory_order_relaxed);
         counter_add(&server->stats.refused, 1);
-    } else if (ioloop__conn_open(loop, fd, &server->cls, IOLOOP__CONN_ACCEPTED) != NULL) {
+    } else if (ioloop__conn_open(loop, fd, &server->cls, server->proxy ? IOLOOP__CONN_PROXIED
+                                                                       : IOLOOP__CONN_ACCEPTED)
+               != NULL) {
         return;
     } else {
         atomic_fetch_sub_explicit(&server->admitted, 1, memory_order_relaxed);
@@ -425,6 +428,7 @@ ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address
     server->pool = pool;
     server->pool_user.detach = on_pool_freed;
     server->reuseport = o->reuseport;
+    server->proxy = o->proxy_protocol;
     server->max_conns = o->max_conns;
     server->port = -EINVAL;
     if ((err = open_listeners(server, &addr, o->backlog > 0 ? o->backlog : DEFAULT_BACKLOG)) < 0)
