@@ -593,6 +593,45 @@ void tc_client_close(struct tc_client *c)
     ioloop_free(c->loop);
 }
 
+/* ---- Servers in either accept mode ------------------------------------------------------ */
+
+const int tc_default_mode = 0;
+const int tc_reuseport_mode = 1;
+
+int tc_mode(void **state)
+{
+    return *(const int *)*state;
+}
+
+ioloop_server_stats_t tc_stats(const ioloop_server_t *server)
+{
+    ioloop_server_stats_t st;
+
+    memset(&st, 0xff, sizeof st); /* what get_stats does not fill in shows */
+    ioloop_server_get_stats(server, &st);
+    return st;
+}
+
+void tc_sleep_ms(unsigned ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+bool tc_wait_refused(const ioloop_server_t *server, uint64_t n)
+{
+    uint64_t deadline = test_now_us() + TEST_WAIT_MS * 1000ull;
+
+    while (tc_stats(server).refused < n)
+        if (test_now_us() > deadline)
+            return false;
+        else
+            tc_sleep_ms(1);
+    return true;
+}
+
 void tc_apply_filter(void)
 {
     const char *pattern = getenv("TEST_FILTER");

@@ -181,6 +181,25 @@ void tc_client_open(struct tc_client *c);
 /* Stops the loop, joins its thread, frees it (ioloop_free() in the calling thread). */
 void tc_client_close(struct tc_client *c);
 
+/* ---- Servers in either accept mode ------------------------------------------------------ */
+
+/* A test listed with TC_BOTH_MODES(f) runs twice, named "f/default" and "f/reuseport"; it
+ * reads its mode (0 or 1, as ioloop_server_options_t.reuseport) with tc_mode(state). */
+extern const int tc_default_mode, tc_reuseport_mode;
+#define TC_BOTH_MODES(f)                                                                       \
+    { #f "/default", f, NULL, NULL, (void *)&tc_default_mode },                                \
+    { #f "/reuseport", f, NULL, NULL, (void *)&tc_reuseport_mode }
+int tc_mode(void **state);
+
+/* The server's counters (ioloop_server_get_stats()). */
+ioloop_server_stats_t tc_stats(const ioloop_server_t *server);
+/* Waits until the server's refused counter reaches n (bounded); returns whether it did. The
+ * counter is the only sign of a connection closed before on_open, so this one polls. */
+bool tc_wait_refused(const ioloop_server_t *server, uint64_t n);
+
+/* Sleeps (for pacing a peer, never to wait for the library). */
+void tc_sleep_ms(unsigned ms);
+
 /* Runs only the tests matching $TEST_FILTER (a cmocka pattern, "*" wildcards), if set. */
 void tc_apply_filter(void);
 
