@@ -835,11 +835,13 @@ static void test_accept_round_robin_sequential(void **state)
 
 /*
  * A burst: RR_CONNS clients queued before the server starts are accepted in one batch (the
- * acceptor takes up to 64 at a time), which is split over the loops connection by connection
- * (the counts differ by at most one) and reaches each loop in one callback (API.md §6: "one
- * callback per target loop per batch, not one per connection"), as the loops' callbacks_run
- * counters show. A hand-off of one callback per connection, or of a whole batch to one loop,
- * fails here.
+ * acceptor takes up to 64 at a time; all are queued, so the first accept round takes them
+ * all), which is split over the loops connection by connection and reaches each loop in one
+ * callback — API.md §6: "one callback per target loop per batch, not one per connection",
+ * a batch having several target loops — as the loops' callbacks_run counters show. The
+ * counts differ by at most one because the round-robin counter advances per connection;
+ * only another user of ioloop_pool_next() on the same pool (none here) would skew them. A
+ * hand-off of one callback per connection, or of a whole batch to one loop, fails here.
  */
 static void loop_stats_fn(void *arg)
 {
@@ -1088,9 +1090,10 @@ static void *clients_main(void *arg)
             if (!j->sent && send(j->fds[i], req, (size_t)len, MSG_NOSIGNAL) != len)
                 break;
             while (have < (size_t)len) {
+                struct pollfd pfd = { .fd = j->fds[i], .events = POLLIN };
                 ssize_t n;
 
-                if (test_wait_fd(j->fds[i], POLLIN, TEST_WAIT_MS) != 1)
+                if (poll(&pfd, 1, TEST_WAIT_MS) != 1)
                     break;
                 n = read(j->fds[i], got + have, (size_t)len - have);
                 if (n < 0 && errno == ECONNRESET)
