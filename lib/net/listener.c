@@ -290,6 +290,8 @@ void ioloop__acceptor_stop(struct ioloop_acceptor *a, struct ioloop_listener *l,
     if (sweep)
         ioloop__listener_sweep(l);
     ioloop__listener_unwatch(l);
+    if (sweep)
+        ioloop__listener_close(l); /* right behind the sweep (see sweep_close_in_loop) */
     ioloop_free(a->loop);
     a->loop = NULL;
 }

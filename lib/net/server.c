@@ -312,11 +312,17 @@ static void unwatch_in_loop(ioloop_server_t *server, int index)
     ioloop__listener_unwatch(&server->listeners[index]);
 }
 
-static void sweep_unwatch_in_loop(ioloop_server_t *server, int index)
+/* Draining: what is queued is accepted and the listener closed at once after it, so that
+ * the window in which a client can still land in this listener's queue (and be reset by the
+ * close) is as short as it can be. */
+static void sweep_close_in_loop(ioloop_server_t *server, int index)
 {
-    if (server->listeners[index].loop != NULL)
-        ioloop__listener_sweep(&server->listeners[index]);
-    unwatch_in_loop(server, index);
+    struct ioloop_listener *l = &server->listeners[index];
+
+    if (l->loop != NULL)
+        ioloop__listener_sweep(l);
+    ioloop__listener_unwatch(l);
+    ioloop__listener_close(l);
 }
 
 /* Stops accepting and closes the listeners; with `sweep`, what is queued is accepted first.
@@ -326,7 +332,7 @@ static void stop_listening(ioloop_server_t *server, bool sweep)
     if (!server->listening)
         return;
     if (server->started && server->reuseport)
-        run_in_loops(server, sweep ? sweep_unwatch_in_loop : unwatch_in_loop);
+        run_in_loops(server, sweep ? sweep_close_in_loop : unwatch_in_loop);
     else if (server->started)
         ioloop__acceptor_stop(&server->acceptor, &server->listeners[0], sweep);
     for (int i = 0; i < server->nlisteners; i++)
