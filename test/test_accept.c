@@ -8,6 +8,7 @@
  * callback per loop per batch; max_conns in both modes; the server's counters across a
  * scenario; ioloop_server_drain() (clients that leave, a client that stays, no accepting
  * afterwards, connections queued before it are served, its errors) in both modes;
+ * TCP_NODELAY on accepted sockets;
  * ioloop_conn_peer() for accepted and outgoing connections; ioloop_address_format(). The
  * PROXY protocol has its own file, test_accept_proxy.c.
  *
@@ -1326,6 +1327,54 @@ static void test_accept_drain_errors(void **state)
     tc_rec_destroy(&r);
 }
 
+/* ---- TCP_NODELAY --------------------------------------------------------------------------- */
+
+static void nodelay_on_open(ioloop_conn_t *conn)
+{
+    struct tc_rec *r = tc_enter(conn);
+    int on = -1;
+    socklen_t len = sizeof on;
+
+    if (getsockopt(ioloop_conn_fd(conn), IPPROTO_TCP, TCP_NODELAY, &on, &len) != 0)
+        on = -2;
+    tc_lock(r);
+    r->rc[1] = on;
+    tc_unlock(r);
+    tc_event(r, conn, 'O', 0, 0);
+    tc_leave(r);
+}
+
+/* Accepted connections have TCP_NODELAY on (API.md §6: set once on the listener, which the
+ * accepted sockets inherit), in both modes: without it, small replies wait for Nagle. */
+static void test_accept_nodelay_inherited(void **state)
+{
+    static struct tc_rec r;
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = nodelay_on_open, .on_data = tc_on_data, .on_close = tc_on_close,
+    };
+    ioloop_server_options_t o = { .reuseport = tc_mode(state) };
+    ioloop_pool_t *pool;
+    ioloop_server_t *server;
+    int fds = test_count_fds(), fd;
+
+    tc_rec_init(&r, NULL);
+    r.many = true;
+    pool = ioloop_pool_new(1);
+    assert_non_null(pool);
+    server = ioloop_server_new_opts(pool, "127.0.0.1:0", &handlers, &r, &o);
+    assert_non_null(server);
+    assert_int_equal(ioloop_server_start(server), 0);
+    fd = tc_connect(ioloop_server_port(server), 0);
+    assert_true(tc_wait(&r, &r.opens, 1));
+    assert_int_equal(tc_get(&r, &r.rc[1]), 1);
+    close(fd);
+    assert_true(tc_wait(&r, &r.closes, 1));
+    ioloop_server_free(server);
+    ioloop_pool_free(pool);
+    tc_rec_destroy(&r);
+    assert_int_equal(test_count_fds(), fds);
+}
+
 /* ---- conn_peer ---------------------------------------------------------------------------- */
 
 /* An accepted connection's peer is the client's address and port as the client's own
@@ -1740,6 +1789,7 @@ int main(void)
         TC_BOTH_MODES(test_accept_drain_serves_queued),
         TC_BOTH_MODES(test_accept_drain_unstarted_serves_queued),
         TC_BOTH_MODES(test_accept_drain_errors),
+        TC_BOTH_MODES(test_accept_nodelay_inherited),
         TC_BOTH_MODES(test_accept_conn_peer_accepted),
         cmocka_unit_test(test_accept_conn_peer_errors),
         cmocka_unit_test(test_accept_conn_peer_outgoing),
