@@ -348,7 +348,10 @@ IOLOOP_EXPORT int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_st
 IOLOOP_EXPORT int ioloop_address_format(const struct sockaddr *addr, socklen_t len, char *buf,
                                         size_t size);
 
-/** Returns the socket fd (the connection owns it: do not close it), or -EINVAL for NULL. */
+/**
+ * Returns the socket fd (the connection owns it: do not close it), -EINVAL for NULL, or -EBADF
+ * once the connection died (its fd is closed before on_close runs).
+ */
 IOLOOP_EXPORT int ioloop_conn_fd(const ioloop_conn_t *conn);
 
 /** Returns the loop the connection belongs to, or NULL. */

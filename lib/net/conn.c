@@ -27,7 +27,8 @@
  * to present again after a resume, the reaping of a dead connection). The node is in the
  * loop's deferred list exactly while todo is not 0. A DEAD connection is out of the handler
  * table at once; its on_close, close() and free run as deferred work, so on_close never runs
- * inside another call on the same connection.
+ * inside another call on the same connection. The fd itself is closed as the connection dies,
+ * before on_close runs.
  */
 #include "net/conn.h"
 
@@ -169,9 +170,11 @@ static uint8_t wanted_events(const ioloop_conn_t *conn)
 /* The connection stops being open to the application and to other threads' calls. */
 static void leave_open(ioloop_conn_t *conn)
 {
-    ioloop__conns_unpublish(conn->loop, conn_id(conn));
+    /* The owner's counters first: a thread that finds the id no longer open (the release
+     * store below) sees them updated too. */
     if (conn->cls->closing != NULL)
         conn->cls->closing(conn, !(conn->flags & F_PROXY));
+    ioloop__conns_unpublish(conn->loop, conn_id(conn));
 }
 
 /* The connection opens to the application: its owner counts it, on_open runs. */
@@ -193,9 +196,14 @@ static void finish(ioloop_conn_t *conn, int err)
         leave_open(conn);
     conn->state = IOLOOP__CONN_DEAD;
     conn->err = (int16_t)err;
+    /* The fd goes now, and with it the registration: closing the only reference drops it
+     * from the epoll set, so there is no EPOLL_CTL_DEL, and no later call on a number another
+     * thread may have reused. */
     if (conn->flags & F_REGISTERED)
-        ioloop__handler_del_now(conn->loop, conn->fd); /* reap() closes the fd */
+        ioloop__handler_forget(conn->loop, conn->fd);
     conn->flags &= (uint16_t)~F_REGISTERED;
+    close(conn->fd);
+    conn->fd = -1;
     stop_timer(conn);
     want(conn, T_REAP);
 }
@@ -248,7 +256,6 @@ static void reap(ioloop_conn_t *conn)
     run_flushed(conn, err, true);
     if (cls->handlers.on_close != NULL && !(conn->flags & F_PROXY))
         cls->handlers.on_close(conn, err);
-    close(conn->fd);
     ioloop__buf_free(&conn->in);
     ioloop__buf_free(&conn->out);
     ioloop__conns_remove(conn->loop, conn_id(conn));
@@ -993,7 +1000,9 @@ uint64_t ioloop_conn_id(const ioloop_conn_t *conn)
 
 int ioloop_conn_fd(const ioloop_conn_t *conn)
 {
-    return conn != NULL ? conn->fd : -EINVAL;
+    if (conn == NULL)
+        return -EINVAL;
+    return conn->fd >= 0 ? conn->fd : -EBADF;
 }
 
 ioloop_t *ioloop_conn_loop(const ioloop_conn_t *conn)

@@ -98,13 +98,22 @@ static void counter_sub(_Atomic uint64_t *counter, uint64_t n)
     atomic_fetch_sub_explicit(counter, n, memory_order_relaxed);
 }
 
-/* One fd or connection fewer; the server may be freed as soon as the last one is gone. */
+/*
+ * One fd or connection fewer; the server may be freed as soon as the last one is gone. The
+ * decrement that may reach zero is made under the lock that the waiters check `live` under:
+ * a waiter that sees zero cannot free the server while this thread still signals it.
+ */
 static void live_drop(ioloop_server_t *server)
 {
-    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) != 1)
-        return;
+    uint64_t live = atomic_load_explicit(&server->live, memory_order_relaxed);
+
+    while (live > 1)
+        if (atomic_compare_exchange_weak_explicit(&server->live, &live, live - 1,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
     pthread_mutex_lock(&server->lock);
-    pthread_cond_broadcast(&server->cond);
+    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) == 1)
+        pthread_cond_broadcast(&server->cond);
     pthread_mutex_unlock(&server->lock);
 }
 
