@@ -7,7 +7,7 @@
 #   test/bench/run.sh [suite...]        suites: pingpong dispatch timers xthread logger idle
 #                                       scaling accept (default: all)
 #   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point, accept
-#   per run), CLIENT (accept: accept_client or ab)
+#   per run), CLIENT (accept: accept_client or ab), SYSCALLS (accept: 1 counts syscalls)
 #
 # To have every peer: apt-get install libuv1-dev libevent-dev libev-dev libspdlog-dev
 # nginx-light apache2-utils gnuplot-nox. Run it on a quiet machine: the suites pin the

@@ -47,9 +47,13 @@
 # stderr: progress, and per C each server's medians with its CPU use during the window (near
 # 100%: the server was the bottleneck) and the client's.
 #
+# With SYSCALLS=1 (needs perf), one more run per server and C counts the syscalls and context
+# switches of the server process per connection with perf's tracepoints:
+#   RESULT  accept  IMPL  C=..  syscalls/conn  VALUE  lower
+#
 # Environment: CLIENT (accept_client | ab), BENCH_SECONDS (5), BENCH_WARMUP (1), ACCEPT_MAX
 # (50000), REPEATS (3), CONNS ("1 50"), IMPLS (default: all of the above), PORT_BASE (19400;
-# busy ports are skipped), NGINX (nginx, from PATH or /usr/sbin).
+# busy ports are skipped), NGINX (nginx, from PATH or /usr/sbin), SYSCALLS (0).
 set -euo pipefail
 
 build=${1:-build}
@@ -312,13 +316,55 @@ for c in $conns; do
             cc=-
         else
             # shellcheck disable=SC2086
-            cc=$(median ${ccpus[$impl]})
+            cc=$(median ${ccpus[$impl]})%
         fi
         # shellcheck disable=SC2086
-        printf '    %-17s %8s conn/s  %7s us/conn  server CPU %4s%%  client CPU %4s%%   (runs: conn/s%s; us/conn%s)\n' \
+        printf '    %-17s %8s conn/s  %7s us/conn  server CPU %4s%%  client CPU %5s   (runs: conn/s%s; us/conn%s)\n' \
                "$impl" "$m_rate" "$m_us" "$(median ${scpus[$impl]})" "$cc" "${rates[$impl]}" \
                "${uss[$impl]}" >&2
     done
     rates=() uss=() scpus=() ccpus=()
 done
+
+# With SYSCALLS=1: one more run per server and C with accept_client, counted by perf's
+# syscall tracepoints (cheap next to strace, and the counts hardly depend on other load):
+# the syscalls and context switches the server process makes per connection, each syscall
+# on stderr, the total as a RESULT row (syscalls/conn, lower is better).
+counted=(accept4 epoll_wait epoll_ctl read readv recvfrom recvmsg write writev sendto sendmsg shutdown close
+         timerfd_settime)
+if [[ ${SYSCALLS:-0} == 1 ]] && ! command -v perf >/dev/null; then
+    echo "$me: note: SYSCALLS=1 needs perf (apt-get install linux-perf); skipped" >&2
+elif [[ ${SYSCALLS:-0} == 1 ]]; then
+    events=context-switches
+    for sc in "${counted[@]}"; do events+=",syscalls:sys_enter_$sc"; done
+    for c in $conns; do
+        echo "$me: C=$c: syscalls per connection (perf stat, $max connections):" >&2
+        for impl in "${impls[@]}"; do
+            var=${impl//-/_}
+            pid_ref=pid_$var port_ref=port_$var
+            perf stat -x, -e "$events" -p "${!pid_ref}" -o "$tmp/perf.csv" &
+            perf_pid=$!
+            sleep 0.3 # perf attaches
+            if ! taskset -c 1 "$client" -a "127.0.0.1:${!port_ref}" -c "$c" -t 60 -w 0 -n "$max" \
+                 >"$tmp/run.out" 2>&1; then
+                echo "$me: $impl failed at C=$c: $(tail -3 "$tmp/run.out")" >&2
+                status=1
+            fi
+            kill -INT "$perf_pid" 2>/dev/null || true
+            wait "$perf_pid" 2>/dev/null || true
+            done_n=$(sed -n 's/.*C=[0-9]*: \([0-9]*\) conns.*/\1/p' "$tmp/run.out")
+            [[ -n $done_n ]] || continue
+            line=$(awk -F, -v n="$done_n" '$1 ~ /^[0-9]+$/ {
+                    name = $3; sub("syscalls:sys_enter_", "", name)
+                    if (name == "context-switches") { cs = $1 / n; next }
+                    total += $1
+                    if ($1 / n >= 0.005) list = list sprintf(" %s %.2f", name, $1 / n) }
+                END { printf "%.2f\t%.2f\t%s", total / n, cs, list }' "$tmp/perf.csv")
+            IFS=$'\t' read -r total cs list <<<"$line"
+            printf 'RESULT\taccept\t%s\tC=%s\tsyscalls/conn\t%s\tlower\n' "$impl" "$c" "$total"
+            printf '    %-17s %6s syscalls/conn, %5s context switches/conn:%s\n' "$impl" "$total" \
+                   "$cs" "$list" >&2
+        done
+    done
+fi
 exit $status
