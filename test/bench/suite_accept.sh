@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # suite_accept.sh — a new connection per request: ioloop's server, in its acceptor-thread mode
 # and in its reuseport mode, side by side with nginx (one worker), libevent (evhttp, and a
-# bufferevent responder) and libuv.
+# bufferevent responder), libuv, and a hand-written epoll floor.
 #
 # The protocol is HTTP/1.0 without keep-alive: the client connects, sends
 # "GET / HTTP/1.0\r\n\r\n", reads the whole reply ("Hello, World!" with a 200) until the
@@ -17,6 +17,12 @@
 #   evhttp            test/bench/accept_evhttp      libevent's HTTP server
 #   libevent-bev      test/bench/accept_event       evconnlistener + bufferevent responder
 #   libuv             test/bench/accept_uv          uv_listen/uv_accept/uv_read_start/uv_write
+#   raw-epoll         test/bench/accept_raw_epoll   the floor: accept, read at once, send, close
+#                                                   (no epoll registration when the request is
+#                                                   there, no linger, no timer)
+#
+# The ratios are to nginx, against which the bars are set (report.py); raw-epoll shows how
+# much of every server's CPU time is the kernel's TCP work, which no event library avoids.
 #
 # Every server process runs pinned to CPU 0, all of its threads included (ioloop's acceptor
 # thread shares the core with its loop), and its CPU time is that of the whole process; the
@@ -63,7 +69,7 @@ warmup=${BENCH_WARMUP:-1}
 max=${ACCEPT_MAX:-50000}
 repeats=${REPEATS:-3}
 conns=${CONNS:-1 50}
-wanted=${IMPLS:-ioloop ioloop-reuseport nginx evhttp libevent-bev libuv}
+wanted=${IMPLS:-ioloop ioloop-reuseport nginx evhttp libevent-bev libuv raw-epoll}
 port=${PORT_BASE:-19400}
 nginx=${NGINX:-$(PATH=$PATH:/usr/sbin command -v nginx || true)}
 me=suite_accept.sh
@@ -117,6 +123,7 @@ server_argv() {
     evhttp)           argv=("$build/test/bench/accept_evhttp") ;;
     libevent-bev)     argv=("$build/test/bench/accept_event") ;;
     libuv)            argv=("$build/test/bench/accept_uv") ;;
+    raw-epoll)        argv=("$build/test/bench/accept_raw_epoll") ;;
     *) echo "$me: unknown implementation $1" >&2; exit 2 ;;
     esac
 }
@@ -263,7 +270,7 @@ for impl in $wanted; do
         impls+=("$impl")
     else
         case $impl in
-        ioloop|ioloop-reuseport)
+        ioloop|ioloop-reuseport|raw-epoll)
             echo "$me: ${argv[0]} not built (ninja -C $build)" >&2; exit 2 ;;
         nginx) echo "$me: note: skipping nginx: not installed (apt-get install nginx-light)" >&2 ;;
         *)  echo "$me: note: skipping $impl: ${argv[0]} not built (peer not installed?)" >&2 ;;
