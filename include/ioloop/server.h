@@ -127,7 +127,10 @@ typedef struct ioloop_server_options {
     size_t   max_input;   /**< per-connection input limit; 0: IOLOOP_CONN_MAX_INPUT */
     size_t   max_output;  /**< per-connection output limit; 0: IOLOOP_CONN_MAX_OUTPUT */
     int      proxy_protocol; /**< 1: every connection starts with a PROXY protocol v1 or v2
-                                  header (HAProxy's spec), read and removed before on_open */
+                                  header (HAProxy's spec), read and removed before on_open; a
+                                  header that is malformed, longer than 107 bytes (v1) or
+                                  16 + 4096 bytes (v2, TLVs included), or not complete within
+                                  5 s closes the connection without on_open (stats.refused) */
 } ioloop_server_options_t;
 
 /* ---- Servers ---------------------------------------------------------------------------- */

@@ -281,14 +281,15 @@ static void on_accept_handoff(struct ioloop_listener *l, const int *fds, int n)
     }
 }
 
-/* Reuseport mode, in the listener's own loop: no hand-off at all. */
+/* Reuseport mode, in the listener's own loop (watching it, or sweeping it while draining):
+ * no hand-off at all. */
 static void on_accept_here(struct ioloop_listener *l, const int *fds, int n)
 {
     ioloop_server_t *server = l->arg;
 
     atomic_fetch_add_explicit(&server->live, (uint64_t)n, memory_order_relaxed);
     for (int i = 0; i < n; i++)
-        admit(server, l->loop, fds[i]);
+        admit(server, ioloop_current(), fds[i]);
 }
 
 static void on_shed(struct ioloop_listener *l)
@@ -313,25 +314,36 @@ static void unwatch_in_loop(ioloop_server_t *server, int index)
     ioloop__listener_unwatch(&server->listeners[index]);
 }
 
-static void sweep_unwatch_in_loop(ioloop_server_t *server, int index)
+/* Closes loop index's listener in that loop; draining, what is queued is accepted first, and
+ * the close follows right behind, so the window in which a client can still land in this
+ * listener's queue (and be reset by the close) is as short as it can be. */
+static void close_in_loop(ioloop_server_t *server, int index)
 {
-    if (server->listeners[index].loop != NULL)
-        ioloop__listener_sweep(&server->listeners[index]);
-    unwatch_in_loop(server, index);
+    ioloop__listener_unwatch(&server->listeners[index]);
+    ioloop__listener_close(&server->listeners[index]);
 }
 
-/* Stops accepting and closes the listeners; with `sweep`, what is queued is accepted first.
- * The owning thread, with the pool's loops running. */
+static void sweep_close_in_loop(ioloop_server_t *server, int index)
+{
+    ioloop__listener_sweep(&server->listeners[index]);
+    close_in_loop(server, index);
+}
+
+/* Stops accepting and closes the listeners; with `sweep`, what is queued is accepted first
+ * (also by a server that never started). The owning thread, with the pool's loops running. */
 static void stop_listening(ioloop_server_t *server, bool sweep)
 {
     if (!server->listening)
         return;
-    if (server->started && server->reuseport)
-        run_in_loops(server, sweep ? sweep_unwatch_in_loop : unwatch_in_loop);
-    else if (server->started)
+    if (server->reuseport) {
+        run_in_loops(server, sweep ? sweep_close_in_loop : close_in_loop);
+    } else if (server->started) {
         ioloop__acceptor_stop(&server->acceptor, &server->listeners[0], sweep);
+    } else if (sweep) {
+        ioloop__listener_sweep(&server->listeners[0]); /* no acceptor: this thread hands off */
+    }
     for (int i = 0; i < server->nlisteners; i++)
-        ioloop__listener_close(&server->listeners[i]);
+        ioloop__listener_close(&server->listeners[i]); /* what no loop closed already */
     server->listening = false;
 }
 
