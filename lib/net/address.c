@@ -93,37 +93,44 @@ static int parse_inet(const char *text, struct ioloop_address *addr)
     return 0;
 }
 
+int ioloop__address_set_ip(struct ioloop_address *addr, int family, const void *ip,
+                           uint16_t port)
+{
+    memset(addr, 0, sizeof *addr);
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&addr->ss;
+
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        memcpy(&in->sin_addr, ip, sizeof in->sin_addr);
+        addr->len = sizeof *in;
+        return 0;
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr->ss;
+
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        memcpy(&in6->sin6_addr, ip, sizeof in6->sin6_addr);
+        addr->len = sizeof *in6;
+        return 0;
+    }
+    return -EAFNOSUPPORT;
+}
+
 /* A dotted quad or an IPv6 address, into *addr (if not NULL) with `port` (host order). */
 static bool parse_numeric(const char *host, uint16_t port, struct ioloop_address *addr)
 {
-    struct in6_addr in6;
-    struct in_addr in;
+    unsigned char ip[sizeof(struct in6_addr)];
+    int family = inet_pton(AF_INET, host, ip) == 1    ? AF_INET
+                 : inet_pton(AF_INET6, host, ip) == 1 ? AF_INET6
+                                                      : AF_UNSPEC;
 
-    if (inet_pton(AF_INET, host, &in) == 1) {
-        if (addr != NULL) {
-            struct sockaddr_in *sin = (struct sockaddr_in *)&addr->ss;
-
-            memset(addr, 0, sizeof *addr);
-            sin->sin_family = AF_INET;
-            sin->sin_port = htons(port);
-            sin->sin_addr = in;
-            addr->len = sizeof *sin;
-        }
-        return true;
-    }
-    if (inet_pton(AF_INET6, host, &in6) == 1) {
-        if (addr != NULL) {
-            struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&addr->ss;
-
-            memset(addr, 0, sizeof *addr);
-            sin6->sin6_family = AF_INET6;
-            sin6->sin6_port = htons(port);
-            sin6->sin6_addr = in6;
-            addr->len = sizeof *sin6;
-        }
-        return true;
-    }
-    return false;
+    if (family == AF_UNSPEC)
+        return false;
+    if (addr != NULL)
+        ioloop__address_set_ip(addr, family, ip, port);
+    return true;
 }
 
 static bool is_letter_or_digit(char c)

@@ -36,6 +36,11 @@ enum {
  * that is empty or too long for sun_path, trailing garbage. */
 int ioloop__address_parse(const char *text, struct ioloop_address *addr);
 
+/* Sets *addr to the IPv4 (family AF_INET, 4 bytes at ip) or IPv6 (AF_INET6, 16 bytes)
+ * address with `port` (host order). Returns 0, or -EAFNOSUPPORT for another family. */
+int ioloop__address_set_ip(struct ioloop_address *addr, int family, const void *ip,
+                           uint16_t port);
+
 /* Classifies a host without a port: IOLOOP__HOST_NUMERIC for a dotted quad or an IPv6 address
  * (no brackets), then in *addr (if not NULL) with `port`; IOLOOP__HOST_NAME for a host name
  * as RFC 1123 has it: labels of letters, digits and '-', 1 to 63 long, neither starting nor

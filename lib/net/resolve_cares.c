@@ -237,28 +237,13 @@ void ioloop__channel_free(struct ioloop_channel *ch)
 /* The first address of a hostent, as a socket address with `port`. */
 static int from_hostent(const struct hostent *host, uint16_t port, struct ioloop_address *addr)
 {
-    memset(addr, 0, sizeof *addr);
-    if (host->h_addr_list[0] == NULL)
+    int len = host->h_addrtype == AF_INET    ? (int)sizeof(struct in_addr)
+              : host->h_addrtype == AF_INET6 ? (int)sizeof(struct in6_addr)
+                                             : -1;
+
+    if (host->h_addr_list[0] == NULL || host->h_length != len)
         return -ENOENT;
-    if (host->h_addrtype == AF_INET && host->h_length == (int)sizeof(struct in_addr)) {
-        struct sockaddr_in *in = (struct sockaddr_in *)&addr->ss;
-
-        in->sin_family = AF_INET;
-        in->sin_port = htons(port);
-        memcpy(&in->sin_addr, host->h_addr_list[0], sizeof in->sin_addr);
-        addr->len = sizeof *in;
-        return 0;
-    }
-    if (host->h_addrtype == AF_INET6 && host->h_length == (int)sizeof(struct in6_addr)) {
-        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr->ss;
-
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons(port);
-        memcpy(&in6->sin6_addr, host->h_addr_list[0], sizeof in6->sin6_addr);
-        addr->len = sizeof *in6;
-        return 0;
-    }
-    return -ENOENT;
+    return ioloop__address_set_ip(addr, host->h_addrtype, host->h_addr_list[0], port);
 }
 
 int ioloop__hosts_lookup(const char *name, uint16_t port, struct ioloop_address *addr)
