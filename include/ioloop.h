@@ -9,6 +9,7 @@
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
 #include <ioloop/process.h>
+#include <ioloop/resolve.h>
 #include <ioloop/server.h>
 
 #endif /* IOLOOP_H */

@@ -59,8 +59,10 @@ struct ioloop_owned {
 #define IOLOOP__UID_BITS 22
 #define IOLOOP__UID_MAX ((1u << IOLOOP__UID_BITS) - 1)
 
-/* The loop's connections (lib/net/conns.c); core only keeps the pointer. */
+/* The loop's connections (lib/net/conns.c) and lookups (lib/net/resolve.c); core only keeps
+ * the pointers. */
 struct ioloop_conns;
+struct ioloop_resolver;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -107,6 +109,7 @@ struct ioloop {
      * (ioloop_server_send), hence atomic. */
     struct ioloop_conns *_Atomic conns;
     _Atomic(void *) data;             /* ioloop_set_data() */
+    struct ioloop_resolver *resolver; /* made by the loop's first ioloop_resolve() */
 
     struct ioloop_counters stats;
 };

@@ -42,6 +42,7 @@
 #include "net/address.h"
 #include "net/conns.h"
 #include "net/proxy.h"
+#include "net/resolve.h"
 
 /* conn->flags */
 enum {
@@ -55,6 +56,7 @@ enum {
     F_REGISTERED = 0x80, /* in the handler table */
     F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
     F_PROXIED = 0x200,   /* cls is a struct proxied_class: the peer is the header's */
+    F_NAMED = 0x400,     /* cls is a struct named_class: connecting to a host name */
 };
 
 /* A PROXY header must be complete this long after the accept (API.md §6), so a client that
@@ -94,6 +96,8 @@ struct ioloop_flushed {
 static void on_event(ioloop_t *loop, int fd, int events, void *arg);
 static void on_work(ioloop_t *loop, struct ioloop_deferred *node);
 static void flush(ioloop_conn_t *conn);
+static void name_done(ioloop_conn_t *conn);
+static void connect_next(ioloop_conn_t *conn, int err);
 
 /* ---- State helpers ---------------------------------------------------------------------- */
 
@@ -202,9 +206,12 @@ static void finish(ioloop_conn_t *conn, int err)
     if (conn->flags & F_REGISTERED)
         ioloop__handler_forget(conn->loop, conn->fd);
     conn->flags &= (uint16_t)~F_REGISTERED;
-    close(conn->fd);
+    if (conn->fd >= 0) /* a connection to a name may have none yet */
+        close(conn->fd);
     conn->fd = -1;
     stop_timer(conn);
+    if (conn->flags & F_NAMED)
+        name_done(conn);
     want(conn, T_REAP);
 }
 
@@ -218,8 +225,9 @@ static void watch(ioloop_conn_t *conn)
     uint8_t events = wanted_events(conn);
     int err;
 
-    if (conn->state == IOLOOP__CONN_DEAD || events == conn->events)
-        return;
+    if (conn->state == IOLOOP__CONN_DEAD || !(conn->flags & F_REGISTERED) ||
+        events == conn->events)
+        return; /* (a connection still resolving its name has no socket: nothing to watch) */
     if ((err = ioloop__handler_set(conn->loop, conn->fd, events)) < 0) {
         finish(conn, err);
         return;
@@ -400,8 +408,14 @@ static void after_send(ioloop_conn_t *conn, bool waited)
  * is refusing output: then only the callbacks already satisfied run). */
 static void flush(ioloop_conn_t *conn)
 {
-    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_CONNECTING))
+    if (conn->state == IOLOOP__CONN_DEAD)
         return;
+    if (conn->flags & F_CONNECTING) {
+        /* Closed before it had a socket, with nothing to deliver: no need to connect. */
+        if (conn->state == IOLOOP__CONN_CLOSING && conn->fd < 0 && conn->out == NULL)
+            finish(conn, 0);
+        return;
+    }
     if (!(conn->flags & F_BLOCKED) && pending(conn) > 0 && send_pending(conn) < 0)
         return;
     after_send(conn, false);
@@ -718,9 +732,14 @@ static void handle_connected(ioloop_conn_t *conn)
     if (getsockopt(conn->fd, SOL_SOCKET, SO_ERROR, &so_error, &len) < 0)
         so_error = errno;
     if (so_error != 0) {
-        finish(conn, -so_error);
+        if (conn->flags & F_NAMED)
+            connect_next(conn, -so_error); /* the name's next address, if it has one */
+        else
+            finish(conn, -so_error);
         return;
     }
+    if (conn->flags & F_NAMED)
+        name_done(conn);
     conn->flags &= (uint16_t)~F_CONNECTING;
     touch(conn);
     watch(conn);
@@ -794,18 +813,22 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     conn->cls = cls;
     conn->work.fn = on_work;
     conn->state = IOLOOP__CONN_OPEN;
-    conn->flags = start == IOLOOP__CONN_CONNECTING ? F_CONNECTING : 0;
+    conn->flags = start == IOLOOP__CONN_CONNECTING || start == IOLOOP__CONN_RESOLVING
+                      ? F_CONNECTING
+                      : 0;
     if ((err = ioloop__conns_add(loop, conn, &id)) < 0)
         goto fail;
     conn->slot = ioloop__conn_id_slot(id);
-    conn->events = wanted_events(conn);
-    if ((err = ioloop__handler_add(loop, fd, conn->events, on_event, conn)) < 0) {
-        ioloop__conns_remove(loop, id);
-        goto fail;
+    if (start != IOLOOP__CONN_RESOLVING) {
+        conn->events = wanted_events(conn);
+        if ((err = ioloop__handler_add(loop, fd, conn->events, on_event, conn)) < 0) {
+            ioloop__conns_remove(loop, id);
+            goto fail;
+        }
+        conn->flags |= F_REGISTERED;
     }
-    conn->flags |= F_REGISTERED;
     touch(conn);
-    if (start == IOLOOP__CONN_CONNECTING) {
+    if (start == IOLOOP__CONN_CONNECTING || start == IOLOOP__CONN_RESOLVING) {
         ioloop__conns_publish(loop, id, cls->owner); /* its owner is the application */
     } else if (start == IOLOOP__CONN_PROXIED) {
         conn->flags |= F_PROXY;
@@ -920,16 +943,31 @@ int ioloop_conn_set_idle_timeout(ioloop_conn_t *conn, uint64_t ms)
 
 /* ---- Outgoing connections --------------------------------------------------------------- */
 
+/* The class of an outgoing connection, before it is copied into its own allocation. */
+static struct ioloop_conn_class client_class(const ioloop_conn_handlers_t *handlers, void *user)
+{
+    return (struct ioloop_conn_class){
+        .handlers = *handlers,
+        .user = user,
+        .max_input = IOLOOP_CONN_MAX_INPUT,
+        .max_output = IOLOOP_CONN_MAX_OUTPUT,
+    };
+}
+
+static ioloop_conn_t *connect_name(ioloop_t *loop, const struct ioloop_host *host,
+                                   const ioloop_conn_handlers_t *handlers, void *user);
+
 ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
                               const ioloop_conn_handlers_t *handlers, void *user)
 {
     struct ioloop_address addr;
+    struct ioloop_host host;
     struct ioloop_conn_class *cls;
     ioloop_conn_t *conn;
-    int fd, err, connect_err = 0;
+    int fd, err, kind = -EINVAL, connect_err = 0;
 
     if (loop == NULL || handlers == NULL || handlers->on_data == NULL ||
-        ioloop__address_parse(address, &addr) < 0) {
+        (kind = ioloop__address_parse_host(address, &addr, &host)) < 0) {
         errno = EINVAL;
         return NULL;
     }
@@ -937,15 +975,12 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
         errno = -err;
         return NULL;
     }
+    if (kind == IOLOOP__HOST_NAME)
+        return connect_name(loop, &host, handlers, user);
     cls = malloc(sizeof *cls);
     if (cls == NULL)
         return NULL;
-    *cls = (struct ioloop_conn_class){
-        .handlers = *handlers,
-        .user = user,
-        .max_input = IOLOOP_CONN_MAX_INPUT,
-        .max_output = IOLOOP_CONN_MAX_OUTPUT,
-    };
+    *cls = client_class(handlers, user);
     fd = socket(addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
         free(cls);
@@ -968,6 +1003,134 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
     conn->flags |= F_OWN_CLASS;
     if (connect_err < 0)
         finish(conn, connect_err); /* on_close reports it after this call */
+    return conn;
+}
+
+/* ---- Outgoing connections to host names ------------------------------------------------- */
+
+/*
+ * A connection to a name is connecting from the start but has no socket while its name is
+ * looked up: writes are gathered, ioloop_conn_close() works as while connecting. Then each
+ * address is tried in turn, on a socket of its own, until one connects; on_close gets the
+ * last one's error if none does, or the lookup's (-ENOENT, -ETIMEDOUT, ...). The lookup and
+ * the addresses live in the connection's private class, so the connection stays 88 bytes.
+ */
+struct named_class {
+    struct ioloop_conn_class cls;
+    ioloop_conn_t *conn;
+    int64_t resolve_id;       /* the lookup in flight; 0: none */
+    union ioloop_inet *addrs; /* the answer, tried in order */
+    size_t naddrs;
+    size_t next;              /* the next one to try */
+};
+
+static struct named_class *named(const ioloop_conn_t *conn)
+{
+    return (struct named_class *)(void *)conn->cls;
+}
+
+/* It connected or ended: the lookup and the addresses are of no more use. */
+static void name_done(ioloop_conn_t *conn)
+{
+    struct named_class *nc = named(conn);
+
+    if (nc->resolve_id > 0)
+        ioloop__resolve_drop(conn->loop, nc->resolve_id); /* its fn will never run */
+    nc->resolve_id = 0;
+    free(nc->addrs);
+    nc->addrs = NULL;
+    nc->naddrs = nc->next = 0;
+}
+
+/* Gives up the socket being tried, if any (it failed with err), and starts connecting to the
+ * next address; with none left the connection ends with err. */
+static void connect_next(ioloop_conn_t *conn, int err)
+{
+    struct named_class *nc = named(conn);
+
+    if (conn->flags & F_REGISTERED) {
+        ioloop__handler_forget(conn->loop, conn->fd); /* the close below drops it */
+        conn->flags &= (uint16_t)~F_REGISTERED;
+    }
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
+    while (nc->next < nc->naddrs) {
+        const union ioloop_inet *a = &nc->addrs[nc->next++];
+        socklen_t len = a->sa.sa_family == AF_INET6 ? sizeof a->in6 : sizeof a->in;
+        int fd = socket(a->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+        if (fd < 0) {
+            err = -errno;
+            continue;
+        }
+        ioloop__socket_nodelay(fd);
+        /* As for a numeric address, even an immediate result goes through the handler. */
+        if (connect(fd, &a->sa, len) < 0 && errno != EINPROGRESS)
+            err = errno == EAGAIN ? -ECONNREFUSED : -errno;
+        else if ((err = ioloop__handler_add(conn->loop, fd, wanted_events(conn), on_event,
+                                            conn)) == 0) {
+            conn->fd = fd;
+            conn->events = wanted_events(conn);
+            conn->flags |= F_REGISTERED;
+            return;
+        }
+        close(fd);
+    }
+    finish(conn, err);
+}
+
+static void on_resolved(ioloop_t *loop, int err, const struct sockaddr *const *addrs,
+                        size_t naddrs, void *arg)
+{
+    struct named_class *nc = arg;
+
+    nc->resolve_id = 0;
+    if (err == 0 && (nc->addrs = calloc(naddrs, sizeof *nc->addrs)) == NULL)
+        err = -ENOMEM;
+    if (err < 0) {
+        finish(nc->conn, err);
+        return;
+    }
+    for (size_t i = 0; i < naddrs; i++)
+        memcpy(&nc->addrs[i], addrs[i],
+               addrs[i]->sa_family == AF_INET6 ? sizeof nc->addrs[i].in6
+                                               : sizeof nc->addrs[i].in);
+    nc->naddrs = naddrs;
+    nc->next = 0;
+    connect_next(nc->conn, -ENOENT); /* (an answer has at least one address) */
+}
+
+static ioloop_conn_t *connect_name(ioloop_t *loop, const struct ioloop_host *host,
+                                   const ioloop_conn_handlers_t *handlers, void *user)
+{
+    struct named_class *nc = calloc(1, sizeof *nc);
+    ioloop_conn_t *conn;
+    int64_t id;
+    int err;
+
+    if (nc == NULL)
+        return NULL;
+    nc->cls = client_class(handlers, user);
+    /* The answer never comes inside this call: the lookup may start before the connection
+     * it is for exists, and then nothing needs undoing if it cannot start. */
+    id = ioloop__resolve_start(loop, host->name, host->port, on_resolved, nc);
+    if (id < 0) {
+        free(nc);
+        errno = (int)-id;
+        return NULL;
+    }
+    conn = ioloop__conn_open(loop, -1, &nc->cls, IOLOOP__CONN_RESOLVING);
+    if (conn == NULL) {
+        err = errno;
+        ioloop__resolve_drop(loop, id);
+        free(nc);
+        errno = err;
+        return NULL;
+    }
+    conn->flags |= F_OWN_CLASS | F_NAMED;
+    nc->conn = conn;
+    nc->resolve_id = id;
     return conn;
 }
 
@@ -1002,7 +1165,9 @@ int ioloop_conn_fd(const ioloop_conn_t *conn)
 {
     if (conn == NULL)
         return -EINVAL;
-    return conn->fd >= 0 ? conn->fd : -EBADF;
+    if (conn->fd >= 0)
+        return conn->fd;
+    return conn->state == IOLOOP__CONN_DEAD ? -EBADF : -ENOTCONN; /* or a name being looked up */
 }
 
 ioloop_t *ioloop_conn_loop(const ioloop_conn_t *conn)

@@ -64,11 +64,13 @@ enum ioloop_conn_start {
     IOLOOP__CONN_ACCEPTED,   /* open at once: on_open runs inside ioloop__conn_open() */
     IOLOOP__CONN_PROXIED,    /* a PROXY protocol header comes first; on_open once it came */
     IOLOOP__CONN_CONNECTING, /* connect() in progress; on_open once it completed */
+    IOLOOP__CONN_RESOLVING,  /* no socket yet (fd is -1): its owner connects it later */
 };
 
-/* Loop thread: a connection for a socket, registered in the loop. Returns the connection, or
- * NULL with errno (ENOMEM, EMFILE, or what registering fd failed with), in which case nothing
- * ran and the caller still owns fd. `cls` must outlive the connection. */
+/* Loop thread: a connection for a socket, registered in the loop (for RESOLVING, fd is -1 and
+ * nothing is registered). Returns the connection, or NULL with errno (ENOMEM, EMFILE, or what
+ * registering fd failed with), in which case nothing ran and the caller still owns fd. `cls`
+ * must outlive the connection. */
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
                                  enum ioloop_conn_start start);
 /* Loop thread: closes the connection at once with `err`; on_close follows (deferred). */

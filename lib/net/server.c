@@ -32,6 +32,7 @@
 #include "net/conn.h"
 #include "net/conns.h"
 #include "net/listener.h"
+#include "net/resolve.h"
 
 #define DEFAULT_BACKLOG 4096 /* the kernel caps it at net.core.somaxconn */
 
@@ -422,8 +423,13 @@ ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address
     int nloops = ioloop_pool_size(pool), err;
 
     if (pool == NULL || handlers == NULL || handlers->on_data == NULL ||
-        ioloop__address_parse(address, &addr) < 0 || !valid_options(o, &addr)) {
+        (err = ioloop__address_parse_local(address, &addr)) == -EINVAL ||
+        (err == 0 && !valid_options(o, &addr))) {
         errno = EINVAL;
+        return NULL;
+    }
+    if (err < 0) { /* a name not in /etc/hosts (ENOENT), no resolver (ENOTSUP), ENOMEM */
+        errno = -err;
         return NULL;
     }
     server = calloc(1, sizeof *server);
