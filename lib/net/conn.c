@@ -42,7 +42,6 @@
 #include "net/address.h"
 #include "net/conns.h"
 #include "net/proxy.h"
-#include "net/resolve.h"
 
 /* conn->flags */
 enum {
@@ -56,7 +55,7 @@ enum {
     F_REGISTERED = 0x80, /* in the handler table */
     F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
     F_PROXIED = 0x200,   /* cls is a struct proxied_class: the peer is the header's */
-    F_NAMED = 0x400,     /* cls is a struct named_class: connecting to a host name */
+    F_NAMED = 0x400,     /* connecting to a host name (lib/net/connect.c has its class) */
 };
 
 /* A PROXY header must be complete this long after the accept (API.md §6), so a client that
@@ -96,8 +95,6 @@ struct ioloop_flushed {
 static void on_event(ioloop_t *loop, int fd, int events, void *arg);
 static void on_work(ioloop_t *loop, struct ioloop_deferred *node);
 static void flush(ioloop_conn_t *conn);
-static void name_done(ioloop_conn_t *conn);
-static void connect_next(ioloop_conn_t *conn, int err);
 
 /* ---- State helpers ---------------------------------------------------------------------- */
 
@@ -203,15 +200,10 @@ static void finish(ioloop_conn_t *conn, int err)
     /* The fd goes now, and with it the registration: closing the only reference drops it
      * from the epoll set, so there is no EPOLL_CTL_DEL, and no later call on a number another
      * thread may have reused. */
-    if (conn->flags & F_REGISTERED)
-        ioloop__handler_forget(conn->loop, conn->fd);
-    conn->flags &= (uint16_t)~F_REGISTERED;
-    if (conn->fd >= 0) /* a connection to a name may have none yet */
-        close(conn->fd);
-    conn->fd = -1;
+    ioloop__conn_detach(conn);
     stop_timer(conn);
     if (conn->flags & F_NAMED)
-        name_done(conn);
+        ioloop__connect_done(conn);
     want(conn, T_REAP);
 }
 
@@ -733,13 +725,13 @@ static void handle_connected(ioloop_conn_t *conn)
         so_error = errno;
     if (so_error != 0) {
         if (conn->flags & F_NAMED)
-            connect_next(conn, -so_error); /* the name's next address, if it has one */
+            ioloop__connect_next(conn, -so_error); /* the name's next address, if any */
         else
             finish(conn, -so_error);
         return;
     }
     if (conn->flags & F_NAMED)
-        name_done(conn);
+        ioloop__connect_done(conn);
     conn->flags &= (uint16_t)~F_CONNECTING;
     touch(conn);
     watch(conn);
@@ -813,9 +805,10 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     conn->cls = cls;
     conn->work.fn = on_work;
     conn->state = IOLOOP__CONN_OPEN;
-    conn->flags = start == IOLOOP__CONN_CONNECTING || start == IOLOOP__CONN_RESOLVING
-                      ? F_CONNECTING
-                      : 0;
+    /* An outgoing connection's class is its own; for a name, it is connect.c's kind. */
+    conn->flags = start == IOLOOP__CONN_CONNECTING  ? F_CONNECTING | F_OWN_CLASS
+                  : start == IOLOOP__CONN_RESOLVING ? F_CONNECTING | F_OWN_CLASS | F_NAMED
+                                                    : 0;
     if ((err = ioloop__conns_add(loop, conn, &id)) < 0)
         goto fail;
     conn->slot = ioloop__conn_id_slot(id);
@@ -846,6 +839,29 @@ fail:
     free(conn);
     errno = -err;
     return NULL;
+}
+
+int ioloop__conn_attach(ioloop_conn_t *conn, int fd)
+{
+    uint8_t events = wanted_events(conn);
+    int err = ioloop__handler_add(conn->loop, fd, events, on_event, conn);
+
+    if (err < 0)
+        return err;
+    conn->fd = fd;
+    conn->events = events;
+    conn->flags |= F_REGISTERED;
+    return 0;
+}
+
+void ioloop__conn_detach(ioloop_conn_t *conn)
+{
+    if (conn->flags & F_REGISTERED)
+        ioloop__handler_forget(conn->loop, conn->fd); /* the close below drops it */
+    conn->flags &= (uint16_t)~F_REGISTERED;
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
 }
 
 /* ---- Pausing, limits, idle timeout ------------------------------------------------------ */
@@ -939,199 +955,6 @@ int ioloop_conn_set_idle_timeout(ioloop_conn_t *conn, uint64_t ms)
     conn->idle_ms = (uint32_t)ms;
     touch(conn);
     return 0;
-}
-
-/* ---- Outgoing connections --------------------------------------------------------------- */
-
-/* The class of an outgoing connection, before it is copied into its own allocation. */
-static struct ioloop_conn_class client_class(const ioloop_conn_handlers_t *handlers, void *user)
-{
-    return (struct ioloop_conn_class){
-        .handlers = *handlers,
-        .user = user,
-        .max_input = IOLOOP_CONN_MAX_INPUT,
-        .max_output = IOLOOP_CONN_MAX_OUTPUT,
-    };
-}
-
-static ioloop_conn_t *connect_name(ioloop_t *loop, const struct ioloop_host *host,
-                                   const ioloop_conn_handlers_t *handlers, void *user);
-
-ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
-                              const ioloop_conn_handlers_t *handlers, void *user)
-{
-    struct ioloop_address addr;
-    struct ioloop_host host;
-    struct ioloop_conn_class *cls;
-    ioloop_conn_t *conn;
-    int fd, err, kind = -EINVAL, connect_err = 0;
-
-    if (loop == NULL || handlers == NULL || handlers->on_data == NULL ||
-        (kind = ioloop__address_parse_host(address, &addr, &host)) < 0) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if ((err = ioloop__check_thread(loop)) < 0) {
-        errno = -err;
-        return NULL;
-    }
-    if (kind == IOLOOP__HOST_NAME)
-        return connect_name(loop, &host, handlers, user);
-    cls = malloc(sizeof *cls);
-    if (cls == NULL)
-        return NULL;
-    *cls = client_class(handlers, user);
-    fd = socket(addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        free(cls);
-        return NULL;
-    }
-    if (addr.ss.ss_family != AF_UNIX)
-        ioloop__socket_nodelay(fd);
-    /* Even an immediate result goes through the handler (a connected socket is writable), so
-     * on_open never runs before the caller has the connection. */
-    if (connect(fd, (struct sockaddr *)&addr.ss, addr.len) < 0 && errno != EINPROGRESS)
-        connect_err = errno == EAGAIN ? -ECONNREFUSED : -errno;
-    conn = ioloop__conn_open(loop, fd, cls, IOLOOP__CONN_CONNECTING);
-    if (conn == NULL) {
-        err = errno;
-        close(fd);
-        free(cls);
-        errno = err;
-        return NULL;
-    }
-    conn->flags |= F_OWN_CLASS;
-    if (connect_err < 0)
-        finish(conn, connect_err); /* on_close reports it after this call */
-    return conn;
-}
-
-/* ---- Outgoing connections to host names ------------------------------------------------- */
-
-/*
- * A connection to a name is connecting from the start but has no socket while its name is
- * looked up: writes are gathered, ioloop_conn_close() works as while connecting. Then each
- * address is tried in turn, on a socket of its own, until one connects; on_close gets the
- * last one's error if none does, or the lookup's (-ENOENT, -ETIMEDOUT, ...). The lookup and
- * the addresses live in the connection's private class, so the connection stays 88 bytes.
- */
-struct named_class {
-    struct ioloop_conn_class cls;
-    ioloop_conn_t *conn;
-    int64_t resolve_id;       /* the lookup in flight; 0: none */
-    union ioloop_inet *addrs; /* the answer, tried in order */
-    size_t naddrs;
-    size_t next;              /* the next one to try */
-};
-
-static struct named_class *named(const ioloop_conn_t *conn)
-{
-    return (struct named_class *)(void *)conn->cls;
-}
-
-/* It connected or ended: the lookup and the addresses are of no more use. */
-static void name_done(ioloop_conn_t *conn)
-{
-    struct named_class *nc = named(conn);
-
-    if (nc->resolve_id > 0)
-        ioloop__resolve_drop(conn->loop, nc->resolve_id); /* its fn will never run */
-    nc->resolve_id = 0;
-    free(nc->addrs);
-    nc->addrs = NULL;
-    nc->naddrs = nc->next = 0;
-}
-
-/* Gives up the socket being tried, if any (it failed with err), and starts connecting to the
- * next address; with none left the connection ends with err. */
-static void connect_next(ioloop_conn_t *conn, int err)
-{
-    struct named_class *nc = named(conn);
-
-    if (conn->flags & F_REGISTERED) {
-        ioloop__handler_forget(conn->loop, conn->fd); /* the close below drops it */
-        conn->flags &= (uint16_t)~F_REGISTERED;
-    }
-    if (conn->fd >= 0)
-        close(conn->fd);
-    conn->fd = -1;
-    while (nc->next < nc->naddrs) {
-        const union ioloop_inet *a = &nc->addrs[nc->next++];
-        socklen_t len = a->sa.sa_family == AF_INET6 ? sizeof a->in6 : sizeof a->in;
-        int fd = socket(a->sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-
-        if (fd < 0) {
-            err = -errno;
-            continue;
-        }
-        ioloop__socket_nodelay(fd);
-        /* As for a numeric address, even an immediate result goes through the handler. */
-        if (connect(fd, &a->sa, len) < 0 && errno != EINPROGRESS)
-            err = errno == EAGAIN ? -ECONNREFUSED : -errno;
-        else if ((err = ioloop__handler_add(conn->loop, fd, wanted_events(conn), on_event,
-                                            conn)) == 0) {
-            conn->fd = fd;
-            conn->events = wanted_events(conn);
-            conn->flags |= F_REGISTERED;
-            return;
-        }
-        close(fd);
-    }
-    finish(conn, err);
-}
-
-static void on_resolved(ioloop_t *loop, int err, const struct sockaddr *const *addrs,
-                        size_t naddrs, void *arg)
-{
-    struct named_class *nc = arg;
-
-    nc->resolve_id = 0;
-    if (err == 0 && (nc->addrs = calloc(naddrs, sizeof *nc->addrs)) == NULL)
-        err = -ENOMEM;
-    if (err < 0) {
-        finish(nc->conn, err);
-        return;
-    }
-    for (size_t i = 0; i < naddrs; i++)
-        memcpy(&nc->addrs[i], addrs[i],
-               addrs[i]->sa_family == AF_INET6 ? sizeof nc->addrs[i].in6
-                                               : sizeof nc->addrs[i].in);
-    nc->naddrs = naddrs;
-    nc->next = 0;
-    connect_next(nc->conn, -ENOENT); /* (an answer has at least one address) */
-}
-
-static ioloop_conn_t *connect_name(ioloop_t *loop, const struct ioloop_host *host,
-                                   const ioloop_conn_handlers_t *handlers, void *user)
-{
-    struct named_class *nc = calloc(1, sizeof *nc);
-    ioloop_conn_t *conn;
-    int64_t id;
-    int err;
-
-    if (nc == NULL)
-        return NULL;
-    nc->cls = client_class(handlers, user);
-    /* The answer never comes inside this call: the lookup may start before the connection
-     * it is for exists, and then nothing needs undoing if it cannot start. */
-    id = ioloop__resolve_start(loop, host->name, host->port, on_resolved, nc);
-    if (id < 0) {
-        free(nc);
-        errno = (int)-id;
-        return NULL;
-    }
-    conn = ioloop__conn_open(loop, -1, &nc->cls, IOLOOP__CONN_RESOLVING);
-    if (conn == NULL) {
-        err = errno;
-        ioloop__resolve_drop(loop, id);
-        free(nc);
-        errno = err;
-        return NULL;
-    }
-    conn->flags |= F_OWN_CLASS | F_NAMED;
-    nc->conn = conn;
-    nc->resolve_id = id;
-    return conn;
 }
 
 /* ---- Accessors -------------------------------------------------------------------------- */
