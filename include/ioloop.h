@@ -8,6 +8,8 @@
 #include <ioloop/log.h>
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
+#include <ioloop/process.h>
+#include <ioloop/resolve.h>
 #include <ioloop/server.h>
 #include <ioloop/work.h>
 

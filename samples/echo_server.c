@@ -10,8 +10,10 @@
  *   build/samples/echo_server -t 30          (in another shell: build/samples/echo_client)
  *
  * Options: -a ADDRESS (default 127.0.0.1:9000; port 0 picks a free one), -n LOOPS (default 1;
- * 0 means one per CPU), -r (reuseport: a listener per loop), -q (quiet: no line per
- * connection), -t SECONDS (stop after that long).
+ * 0 means one per CPU), -r (reuseport: a listener per loop), -w WORKERS (that many prefork
+ * worker processes under a supervisor, each with reuseport listeners on ADDRESS — give a
+ * fixed port; SIGTERM drains them, SIGHUP replaces them one by one, see prefork_server.c),
+ * -q (quiet: no line per connection), -t SECONDS (stop after that long).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -25,9 +27,13 @@
 
 #include <ioloop.h>
 
+/* How long a prefork worker's connections get to end when it is told to stop. */
+#define DRAIN_MS 2000
+
 struct options {
     const char *address;
     int loops;
+    int workers;       /* > 0: that many prefork worker processes */
     int reuseport;
     int quiet;
     unsigned seconds;  /* 0: run until a signal */
@@ -78,17 +84,18 @@ static int parse_options(int argc, char **argv, struct options *opt)
 {
     int c;
 
-    while ((c = getopt(argc, argv, "a:n:qrt:")) != -1) {
+    while ((c = getopt(argc, argv, "a:n:qrt:w:")) != -1) {
         switch (c) {
         case 'a': opt->address = optarg; break;
         case 'n': opt->loops = atoi(optarg); break;
         case 'r': opt->reuseport = 1; break;
+        case 'w': opt->workers = atoi(optarg); break;
         case 'q': opt->quiet = 1; break;
         case 't': opt->seconds = (unsigned)strtoul(optarg, NULL, 10); break;
         default: return -1;
         }
     }
-    return opt->loops < 0 || optind != argc ? -1 : 0;
+    return opt->loops < 0 || opt->workers < 0 || optind != argc ? -1 : 0;
 }
 
 int main(int argc, char **argv)
@@ -104,11 +111,25 @@ int main(int argc, char **argv)
     int nloops, err;
 
     if (parse_options(argc, argv, &opt) < 0) {
-        fprintf(stderr, "usage: %s [-a ADDRESS] [-n LOOPS (0: one per CPU)] [-r] [-q] "
-                        "[-t SECONDS]\n", argv[0]);
+        fprintf(stderr, "usage: %s [-a ADDRESS] [-n LOOPS (0: one per CPU)] [-r] "
+                        "[-w WORKERS] [-q] [-t SECONDS]\n", argv[0]);
         return 2;
     }
     ioloop_log_open(NULL);
+    if (opt.workers > 0) {
+        /* Before any loop or thread but the logger's. The supervisor returns 1 once every
+         * worker has exited; each worker goes on below with listeners of its own. */
+        int index, rc = ioloop_prefork(opt.workers, NULL, &index);
+
+        if (rc != 0) {
+            if (rc < 0)
+                fprintf(stderr, "echo_server: ioloop_prefork: %s\n", strerror(-rc));
+            ioloop_log_close();
+            return rc < 0;
+        }
+        opt.reuseport = 1;
+        IOLOOP_LOG_INFO("worker %d (pid %d) starting", index, (int)getpid());
+    }
 
     /* Signals first: the pool's threads are created after the mask is set (and block every
      * signal anyway), so SIGINT and SIGTERM reach only the main loop's signalfd. */
@@ -149,6 +170,11 @@ int main(int argc, char **argv)
 
     ioloop_start(main_loop);
 
+    /* A prefork worker stops gracefully (a rolling restart replaces it while clients are
+     * connected): what is queued is still served, open connections get DRAIN_MS to end. */
+    if (opt.workers > 0)
+        IOLOOP_LOG_INFO("drained; %d connection(s) cut off",
+                        ioloop_server_drain(server, DRAIN_MS));
     /* Closing the server closes its connections; the loops still run, so read their stats
      * before the pool frees them. */
     ioloop_server_free(server);

@@ -326,6 +326,10 @@ void tc_unlock(struct tc_rec *r)
     pthread_mutex_unlock(&r->lock);
 }
 
+/* Callbacks in progress in this thread: with a shared recorder (tc_rec.many), other loops'
+ * callbacks run at the same time, so only this thread's own count shows nesting. */
+static _Thread_local int thread_depth;
+
 struct tc_rec *tc_enter(ioloop_conn_t *conn)
 {
     struct tc_rec *r = ioloop_conn_user(conn);
@@ -333,15 +337,17 @@ struct tc_rec *tc_enter(ioloop_conn_t *conn)
     if (r == NULL)
         abort(); /* a callback with a conn that does not know its user */
     pthread_mutex_lock(&r->lock);
-    if (r->depth > 0)
+    if (r->many ? thread_depth > 0 : r->depth > 0)
         r->nested++;
     r->depth++;
-    if (ioloop_current() != r->loop || ioloop_conn_loop(conn) != r->loop) {
+    thread_depth++;
+    if (r->many ? ioloop_current() != ioloop_conn_loop(conn)
+                : ioloop_current() != r->loop || ioloop_conn_loop(conn) != r->loop) {
         r->outside_loop++;
         if (!pthread_equal(pthread_self(), r->owner))
             r->outside_owner++;
     }
-    if (r->closes > 0)
+    if (r->closes > 0 && !r->many)
         r->after_close++;
     pthread_mutex_unlock(&r->lock);
     return r;
@@ -351,6 +357,7 @@ void tc_leave(struct tc_rec *r)
 {
     pthread_mutex_lock(&r->lock);
     r->depth--;
+    thread_depth--;
     pthread_cond_broadcast(&r->cond);
     pthread_mutex_unlock(&r->lock);
 }
@@ -527,6 +534,12 @@ void tc_flushed(ioloop_conn_t *conn, int err, void *arg)
 
 void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h)
 {
+    tc_server_open_opts(sv, r, h, NULL);
+}
+
+void tc_server_open_opts(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h,
+                         const ioloop_server_options_t *options)
+{
     memset(sv, 0, sizeof *sv);
     sv->fds = test_count_fds();
     sv->pool = ioloop_pool_new(1);
@@ -534,7 +547,7 @@ void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_ha
     sv->loop = ioloop_pool_loop(sv->pool, 0);
     assert_non_null(sv->loop);
     r->loop = sv->loop;
-    sv->server = ioloop_server_new(sv->pool, "127.0.0.1:0", h, r);
+    sv->server = ioloop_server_new_opts(sv->pool, "127.0.0.1:0", h, r, options);
     assert_non_null(sv->server);
     assert_int_equal(ioloop_server_start(sv->server), 0);
     sv->port = ioloop_server_port(sv->server);
@@ -578,6 +591,45 @@ void tc_client_close(struct tc_client *c)
     ioloop_stop(c->loop);
     assert_int_equal(test_loop_thread_join(&c->thread), 0);
     ioloop_free(c->loop);
+}
+
+/* ---- Servers in either accept mode ------------------------------------------------------ */
+
+const int tc_default_mode = 0;
+const int tc_reuseport_mode = 1;
+
+int tc_mode(void **state)
+{
+    return *(const int *)*state;
+}
+
+ioloop_server_stats_t tc_stats(const ioloop_server_t *server)
+{
+    ioloop_server_stats_t st;
+
+    memset(&st, 0xff, sizeof st); /* what get_stats does not fill in shows */
+    ioloop_server_get_stats(server, &st);
+    return st;
+}
+
+void tc_sleep_ms(unsigned ms)
+{
+    struct timespec ts = { .tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L };
+
+    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
+        ;
+}
+
+bool tc_wait_refused(const ioloop_server_t *server, uint64_t n)
+{
+    uint64_t deadline = test_now_us() + TEST_WAIT_MS * 1000ull;
+
+    while (tc_stats(server).refused < n)
+        if (test_now_us() > deadline)
+            return false;
+        else
+            tc_sleep_ms(1);
+    return true;
 }
 
 void tc_apply_filter(void)

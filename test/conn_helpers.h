@@ -105,6 +105,13 @@ struct tc_rec {
     int rc[32];                 /* return codes a test's callbacks report */
     size_t val[16];             /* sizes a test's callbacks report */
     void *test;                 /* the test's own state */
+    /* Set by a test whose connections share the recorder over several loops (a pool of
+     * many): a callback then counts as outside_loop when it does not run in its own
+     * connection's loop (whichever that is), as nested only inside another callback of its
+     * own thread (other loops' callbacks run meanwhile), and after_close is not kept (one
+     * connection's close says nothing about another's callbacks). Counters count every
+     * connection; conn and id are the last one opened (NULL after any close). */
+    bool many;
 };
 
 void tc_rec_init(struct tc_rec *r, ioloop_t *loop);
@@ -154,6 +161,9 @@ struct tc_server {
 
 /* Starts a server on 127.0.0.1:0 whose connections record into r (r->loop is set). */
 void tc_server_open(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h);
+/* The same with server options (NULL: the defaults). */
+void tc_server_open_opts(struct tc_server *sv, struct tc_rec *r, const ioloop_conn_handlers_t *h,
+                         const ioloop_server_options_t *options);
 /* Frees the server and the pool, then checks the fd count. */
 void tc_server_close(struct tc_server *sv);
 /* A client of the server (tc_connect()); waits until r saw one more open. */
@@ -170,6 +180,25 @@ struct tc_client {
 void tc_client_open(struct tc_client *c);
 /* Stops the loop, joins its thread, frees it (ioloop_free() in the calling thread). */
 void tc_client_close(struct tc_client *c);
+
+/* ---- Servers in either accept mode ------------------------------------------------------ */
+
+/* A test listed with TC_BOTH_MODES(f) runs twice, named "f/default" and "f/reuseport"; it
+ * reads its mode (0 or 1, as ioloop_server_options_t.reuseport) with tc_mode(state). */
+extern const int tc_default_mode, tc_reuseport_mode;
+#define TC_BOTH_MODES(f)                                                                       \
+    { #f "/default", f, NULL, NULL, (void *)&tc_default_mode },                                \
+    { #f "/reuseport", f, NULL, NULL, (void *)&tc_reuseport_mode }
+int tc_mode(void **state);
+
+/* The server's counters (ioloop_server_get_stats()). */
+ioloop_server_stats_t tc_stats(const ioloop_server_t *server);
+/* Waits until the server's refused counter reaches n (bounded); returns whether it did. The
+ * counter is the only sign of a connection closed before on_open, so this one polls. */
+bool tc_wait_refused(const ioloop_server_t *server, uint64_t n);
+
+/* Sleeps (for pacing a peer, never to wait for the library). */
+void tc_sleep_ms(unsigned ms);
 
 /* Runs only the tests matching $TEST_FILTER (a cmocka pattern, "*" wildcards), if set. */
 void tc_apply_filter(void);

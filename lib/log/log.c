@@ -377,6 +377,8 @@ static void fork_child(void)
 
     init_conds();
     release_fronts_locked(my_front, true);
+    L.thread_tid = 0; /* the parent's threads are not the child's */
+    L.joined_tid = 0;
     atomic_store(&L.backlog, 0);
     atomic_store(&L.writer_state, IOLOOP__WRITER_BUSY);
     L.stop = false;
@@ -507,6 +509,8 @@ void ioloop_log_close(void)
         pthread_mutex_unlock(&L.mutex);
         pthread_join(L.thread, NULL); /* it drains every front before it returns */
         pthread_mutex_lock(&L.mutex);
+        L.joined_tid = L.thread_tid;
+        L.thread_tid = 0;
     }
     release_fronts_locked(NULL, false);
     path = L.path;
@@ -526,6 +530,24 @@ void ioloop_log_set_level(ioloop_log_level_t level)
 {
     if (level >= IOLOOP_LOG_DEBUG && level <= IOLOOP_LOG_ERROR)
         atomic_store_explicit(&L.level, (int)level, memory_order_relaxed);
+}
+
+void ioloop__log_thread_ids(pid_t *running, pid_t *joined)
+{
+    int st;
+
+    pthread_mutex_lock(&L.mutex);
+    for (;;) {
+        st = atomic_load_explicit(&L.state, memory_order_relaxed);
+        /* OPEN and CLOSING have a thread; the writer publishes its id under the mutex as it
+         * starts and broadcasts `done`. */
+        if ((st != IOLOOP__LOG_OPEN && st != IOLOOP__LOG_CLOSING) || L.thread_tid != 0)
+            break;
+        pthread_cond_wait(&L.done, &L.mutex);
+    }
+    *running = st == IOLOOP__LOG_OPEN || st == IOLOOP__LOG_CLOSING ? L.thread_tid : 0;
+    *joined = L.joined_tid;
+    pthread_mutex_unlock(&L.mutex);
 }
 
 uint64_t ioloop_log_dropped(void)

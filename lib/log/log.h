@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #include <ioloop/log.h>
@@ -121,6 +122,8 @@ struct ioloop_logger {
     uint64_t flush_done;             /* every line committed before this ticket is written */
     bool stop;                       /* close asked the logger thread to finish */
     pthread_t thread;
+    pid_t thread_tid;                /* its kernel thread id, once it runs; else 0 */
+    pid_t joined_tid;                /* that of the last logger thread joined; else 0 */
 
     /* The output, set while no logger thread runs and read by the logger thread. */
     int fd;
@@ -131,6 +134,15 @@ struct ioloop_logger {
 };
 
 extern struct ioloop_logger ioloop__log;
+
+/*
+ * The kernel thread ids of the logger's threads that /proc/self/task may list: the running
+ * logger thread's in *running (0 when none runs; a thread just started is waited for until it
+ * published its id) and, in *joined, that of the last one ioloop_log_close() joined, which
+ * the kernel may still list for a moment after the join (0 if none). For ioloop_prefork()'s
+ * check that no other thread runs. [any thread]
+ */
+void ioloop__log_thread_ids(pid_t *running, pid_t *joined);
 
 /* ---- log_writer.c ----------------------------------------------------------------------- */
 

@@ -458,6 +458,8 @@ static void *writer_main(void *arg)
     (void)pthread_setschedparam(pthread_self(), SCHED_BATCH, &(struct sched_param){0});
     writer_init(&w);
     pthread_mutex_lock(&L.mutex);
+    L.thread_tid = gettid(); /* see ioloop__log_thread_ids() */
+    pthread_cond_broadcast(&L.done);
     for (;;) {
         uint64_t ticket = L.flush_requested;
         bool stopping = L.stop;
@@ -501,6 +503,7 @@ int ioloop__log_writer_start(void)
     /* Lines dropped from now on are the new thread's to report, even those dropped before it
      * gets to run. */
     L.dropped_base = atomic_load_explicit(&L.dropped, memory_order_relaxed);
+    L.thread_tid = 0; /* until the thread publishes its own */
     return ioloop__thread_start(&L.thread, "ioloop-log", writer_main, NULL);
 }
 

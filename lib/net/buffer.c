@@ -78,8 +78,8 @@ ssize_t ioloop__buf_read_fd(struct ioloop_buf **bp, int fd, size_t max)
         iov[n_iov++] = (struct iovec){extra, max - space < sizeof extra ? max - space
                                                                          : sizeof extra};
     n = readv(fd, iov, n_iov);
-    if (n < 0)
-        return -errno;
+    if (n <= 0)
+        return n < 0 ? -errno : 0; /* *bp may still be NULL: nothing to keep */
     if ((size_t)n <= space) {
         b->end += (size_t)n;
         return n;

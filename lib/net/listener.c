@@ -23,6 +23,7 @@
 
 #include <ioloop/log.h>
 
+#include "core/loop.h"
 #include "core/strerror.h"
 #include "core/thread.h"
 
@@ -116,10 +117,12 @@ void ioloop__listener_unwatch(struct ioloop_listener *l)
 {
     if (l->loop == NULL)
         return;
+    /* The epoll set forgets the fd now, not before the loop's next wait: the fd is about to
+     * be closed, possibly by another thread, and its number reused (as for connections). */
     if (l->backoff_timer > 0)
         ioloop_cancel_timer(l->loop, l->backoff_timer);
     else
-        ioloop_remove_handler(l->loop, l->fd);
+        ioloop__handler_del_now(l->loop, l->fd);
     l->backoff_timer = 0;
     l->loop = NULL;
 }
@@ -290,6 +293,8 @@ void ioloop__acceptor_stop(struct ioloop_acceptor *a, struct ioloop_listener *l,
     if (sweep)
         ioloop__listener_sweep(l);
     ioloop__listener_unwatch(l);
+    if (sweep)
+        ioloop__listener_close(l); /* right behind the sweep (see sweep_close_in_loop) */
     ioloop_free(a->loop);
     a->loop = NULL;
 }

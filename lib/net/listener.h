@@ -38,8 +38,9 @@ int ioloop__listener_open(struct ioloop_listener *l, const struct ioloop_address
 /* The watching loop's thread: starts / stops accepting in `loop`. */
 int ioloop__listener_watch(struct ioloop_listener *l, ioloop_t *loop);
 void ioloop__listener_unwatch(struct ioloop_listener *l);
-/* The watching loop's thread: accepts what is queued now, so that closing resets no client
- * that already connected. */
+/* Accepts what is queued now, so that closing resets no client that already connected; in
+ * the watching loop's thread, or, unwatched, in the thread that owns the listener. Stops at
+ * the first error (EAGAIN: the queue is empty). */
 void ioloop__listener_sweep(struct ioloop_listener *l);
 /* Closes the sockets and removes the socket file; unwatch first. */
 void ioloop__listener_close(struct ioloop_listener *l);

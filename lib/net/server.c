@@ -32,6 +32,7 @@
 #include "net/conn.h"
 #include "net/conns.h"
 #include "net/listener.h"
+#include "net/resolve.h"
 
 #define DEFAULT_BACKLOG 4096 /* the kernel caps it at net.core.somaxconn */
 
@@ -98,13 +99,22 @@ static void counter_sub(_Atomic uint64_t *counter, uint64_t n)
     atomic_fetch_sub_explicit(counter, n, memory_order_relaxed);
 }
 
-/* One fd or connection fewer; the server may be freed as soon as the last one is gone. */
+/*
+ * One fd or connection fewer; the server may be freed as soon as the last one is gone. The
+ * decrement that may reach zero is made under the lock that the waiters check `live` under:
+ * a waiter that sees zero cannot free the server while this thread still signals it.
+ */
 static void live_drop(ioloop_server_t *server)
 {
-    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) != 1)
-        return;
+    uint64_t live = atomic_load_explicit(&server->live, memory_order_relaxed);
+
+    while (live > 1)
+        if (atomic_compare_exchange_weak_explicit(&server->live, &live, live - 1,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
     pthread_mutex_lock(&server->lock);
-    pthread_cond_broadcast(&server->cond);
+    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) == 1)
+        pthread_cond_broadcast(&server->cond);
     pthread_mutex_unlock(&server->lock);
 }
 
@@ -280,14 +290,15 @@ static void on_accept_handoff(struct ioloop_listener *l, const int *fds, int n)
     }
 }
 
-/* Reuseport mode, in the listener's own loop: no hand-off at all. */
+/* Reuseport mode, in the listener's own loop (watching it, or sweeping it while draining):
+ * no hand-off at all. */
 static void on_accept_here(struct ioloop_listener *l, const int *fds, int n)
 {
     ioloop_server_t *server = l->arg;
 
     atomic_fetch_add_explicit(&server->live, (uint64_t)n, memory_order_relaxed);
     for (int i = 0; i < n; i++)
-        admit(server, l->loop, fds[i]);
+        admit(server, ioloop_current(), fds[i]);
 }
 
 static void on_shed(struct ioloop_listener *l)
@@ -312,25 +323,36 @@ static void unwatch_in_loop(ioloop_server_t *server, int index)
     ioloop__listener_unwatch(&server->listeners[index]);
 }
 
-static void sweep_unwatch_in_loop(ioloop_server_t *server, int index)
+/* Closes loop index's listener in that loop; draining, what is queued is accepted first, and
+ * the close follows right behind, so the window in which a client can still land in this
+ * listener's queue (and be reset by the close) is as short as it can be. */
+static void close_in_loop(ioloop_server_t *server, int index)
 {
-    if (server->listeners[index].loop != NULL)
-        ioloop__listener_sweep(&server->listeners[index]);
-    unwatch_in_loop(server, index);
+    ioloop__listener_unwatch(&server->listeners[index]);
+    ioloop__listener_close(&server->listeners[index]);
 }
 
-/* Stops accepting and closes the listeners; with `sweep`, what is queued is accepted first.
- * The owning thread, with the pool's loops running. */
+static void sweep_close_in_loop(ioloop_server_t *server, int index)
+{
+    ioloop__listener_sweep(&server->listeners[index]);
+    close_in_loop(server, index);
+}
+
+/* Stops accepting and closes the listeners; with `sweep`, what is queued is accepted first
+ * (also by a server that never started). The owning thread, with the pool's loops running. */
 static void stop_listening(ioloop_server_t *server, bool sweep)
 {
     if (!server->listening)
         return;
-    if (server->started && server->reuseport)
-        run_in_loops(server, sweep ? sweep_unwatch_in_loop : unwatch_in_loop);
-    else if (server->started)
+    if (server->reuseport) {
+        run_in_loops(server, sweep ? sweep_close_in_loop : close_in_loop);
+    } else if (server->started) {
         ioloop__acceptor_stop(&server->acceptor, &server->listeners[0], sweep);
+    } else if (sweep) {
+        ioloop__listener_sweep(&server->listeners[0]); /* no acceptor: this thread hands off */
+    }
     for (int i = 0; i < server->nlisteners; i++)
-        ioloop__listener_close(&server->listeners[i]);
+        ioloop__listener_close(&server->listeners[i]); /* what no loop closed already */
     server->listening = false;
 }
 
@@ -401,8 +423,13 @@ ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address
     int nloops = ioloop_pool_size(pool), err;
 
     if (pool == NULL || handlers == NULL || handlers->on_data == NULL ||
-        ioloop__address_parse(address, &addr) < 0 || !valid_options(o, &addr)) {
+        (err = ioloop__address_parse_local(address, &addr)) == -EINVAL ||
+        (err == 0 && !valid_options(o, &addr))) {
         errno = EINVAL;
+        return NULL;
+    }
+    if (err < 0) { /* a name not in /etc/hosts (ENOENT), no resolver (ENOTSUP), ENOMEM */
+        errno = -err;
         return NULL;
     }
     server = calloc(1, sizeof *server);
