@@ -42,50 +42,6 @@
 /* How long a test waits for something that should happen at once before it fails. */
 #define WAIT_MS 10000
 
-/* ---- Threads ---------------------------------------------------------------------------- */
-
-/* PF_EXITING in the flags field of /proc/<pid>/task/<tid>/stat (include/linux/sched.h). */
-#define TASK_PF_EXITING 0x4u
-
-/* Whether task `tid` of this process is alive: listed and not exiting (a joined thread may
- * stay listed for a moment, marked as exiting). */
-static bool task_alive(const char *tid)
-{
-    char path[64], buf[512];
-    unsigned flags = 0;
-    const char *p;
-    ssize_t n;
-    int fd;
-
-    snprintf(path, sizeof path, "/proc/self/task/%s/stat", tid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return false;
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
-    p = strrchr(buf, ')');
-    assert_non_null(p);
-    assert_int_equal(sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %u", &flags), 1);
-    return !(flags & TASK_PF_EXITING);
-}
-
-/* The number of live threads of this process (entries of /proc/self/task). */
-static int count_threads(void)
-{
-    DIR *dir = opendir("/proc/self/task");
-    struct dirent *ent;
-    int n = 0;
-
-    assert_non_null(dir);
-    while ((ent = readdir(dir)) != NULL)
-        if (ent->d_name[0] != '.' && task_alive(ent->d_name))
-            n++;
-    closedir(dir);
-    return n;
-}
-
 /* ---- Gates: work that blocks until the test lets it go ---------------------------------- */
 
 struct gate {
@@ -1067,7 +1023,7 @@ static void test_work_threads_block_signals_and_are_named(void **state)
 static void test_work_pool_free_leaves_no_thread_or_fd(void **state)
 {
     enum { N = 100 };
-    int threads = count_threads(), fds = test_count_fds();
+    int threads = test_count_threads(), fds = test_count_fds();
     struct run r = {.stop_at = N};
     struct job *jobs = jobs_new(N, &r);
     ioloop_t *loop = ioloop_new();
@@ -1076,13 +1032,13 @@ static void test_work_pool_free_leaves_no_thread_or_fd(void **state)
     assert_non_null(loop);
     r.pool = ioloop_work_pool_new(3);
     assert_non_null(r.pool);
-    assert_int_equal(count_threads(), threads + 3);
+    assert_int_equal(test_count_threads(), threads + 3);
     for (int i = 0; i < N; i++)
         assert_true(submit(r.pool, loop, &jobs[i]) > 0);
     run_loop(loop);
     ioloop_work_pool_free(r.pool);
     ioloop_free(loop);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 
     /* nthreads <= 0: one per online CPU. */
@@ -1091,7 +1047,7 @@ static void test_work_pool_free_leaves_no_thread_or_fd(void **state)
     get_stats(r.pool, &s);
     assert_int_equal(s.threads, (uint64_t)sysconf(_SC_NPROCESSORS_ONLN));
     ioloop_work_pool_free(r.pool);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     free(jobs);
 }
 
