@@ -23,6 +23,9 @@
  * of keys per shard. SIGINT or SIGTERM stops the server: every connection stops being read,
  * the batches still away come home, and then the server, the pool and every key are freed.
  *
+ * This file holds the connections, the shards and the batches between them; kv_resp.c the
+ * RESP buffers and parser, kv_store.c a shard's keys and the commands (kv.h lists them).
+ *
  *   build/samples/kv_server -n 2        (then: redis-cli -p 7379 set a 1; redis-benchmark -p 7379)
  *
  * Options: -a ADDRESS (default 127.0.0.1:7379, clear of a real Redis on 6379), -n LOOPS
@@ -34,6 +37,7 @@
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -41,179 +45,25 @@
 
 #include <ioloop.h>
 
-struct entry;
-static void entry_add_failed(struct entry *e);
+#include "kv.h"
 
-/* uthash's default answer to a failed allocation is exit(). With HASH_NONFATAL_OOM a failed
- * add leaves the table as it was and reports the element through uthash_nonfatal_oom. */
-#define HASH_NONFATAL_OOM 1
-#define uthash_nonfatal_oom(elt) entry_add_failed(elt)
-#include <uthash.h>
-
-/* Limits. Where Redis has one, it is Redis's. */
-#define MAX_ARGS   (1024 * 1024)          /* arguments of one command */
-#define MAX_BULK   ((size_t)8 << 20)      /* one argument: SET key VALUE must fit the input limit */
-#define MAX_INLINE ((size_t)64 << 10)     /* one inline command line */
-#define MAX_HEADER 32                     /* "*<count>\r\n" or "$<length>\r\n": 20 digits at most */
 #define MAX_QUERY  IOLOOP_CONN_MAX_INPUT  /* an unfinished command: the library's input limit */
 #define MAX_QUEUED 1024                   /* replies owed before a client is no longer read */
 #define OUT_HIGH   ((size_t)4 << 20)      /* unsent output before a client is no longer read */
 #define SCRATCH_KEEP ((size_t)1 << 20)    /* a reply buffer larger than this is released */
 #define SWEEP_MS   100                    /* the expiry sweep's period */
-#define SWEEP_KEYS 200                    /* keys with a TTL examined per sweep and shard */
-
-static const char ERR_OOM[] = "-ERR out of memory\r\n";
-
-/* ---- Buffers and RESP output ------------------------------------------------------------ */
-
-/* Makes room for `want` elements of `size` bytes: returns the array (maybe moved), or NULL when
- * out of memory, and then the old array is still valid. */
-static void *grow(void *array, size_t *cap, size_t want, size_t size)
-{
-    void *p;
-
-    if (want <= *cap)
-        return array;
-    if ((p = realloc(array, want * size)) != NULL)
-        *cap = want;
-    return p;
-}
-
-struct arg {
-    const char *p;
-    size_t len;
-};
-
-/* A growable byte buffer. An append that cannot grow it sets `failed` and adds nothing, so a
- * reply is built without a check per append and tested once at the end. */
-struct buf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-};
-
-static bool buf_room(struct buf *b, size_t more)
-{
-    size_t cap = b->cap ? b->cap : 256;
-    char *data;
-
-    if (b->failed)
-        return false;
-    if (b->cap - b->len >= more)
-        return true;
-    if (more > SIZE_MAX / 4 - b->len) {
-        b->failed = true;
-        return false;
-    }
-    while (cap - b->len < more)
-        cap *= 2;
-    if ((data = realloc(b->data, cap)) == NULL) {
-        b->failed = true;
-        return false;
-    }
-    b->data = data;
-    b->cap = cap;
-    return true;
-}
-
-static void put(struct buf *b, const void *p, size_t n)
-{
-    if (n > 0 && buf_room(b, n)) {
-        memcpy(b->data + b->len, p, n);
-        b->len += n;
-    }
-}
-
-static void put_str(struct buf *b, const char *s)
-{
-    put(b, s, strlen(s));
-}
-
-/* Writes v in decimal just before `end`; returns where the digits start (at most 20 + sign). */
-static char *fmt_int(char *end, int64_t v)
-{
-    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
-
-    do {
-        *--end = (char)('0' + u % 10);
-        u /= 10;
-    } while (u != 0);
-    if (v < 0)
-        *--end = '-';
-    return end;
-}
-
-/* ":<v>\r\n", "*<v>\r\n" or "$<v>\r\n". */
-static void put_num(struct buf *b, char type, int64_t v)
-{
-    char tmp[32], *end = tmp + sizeof tmp - 2, *p = fmt_int(end, v);
-
-    end[0] = '\r';
-    end[1] = '\n';
-    *--p = type;
-    put(b, p, (size_t)(end + 2 - p));
-}
-
-static void put_bulk(struct buf *b, const char *p, size_t n)
-{
-    put_num(b, '$', (int64_t)n);
-    put(b, p, n);
-    put(b, "\r\n", 2);
-}
-
-/* Redis's integer syntax (string2ll): an optional '-', digits without leading zeros, in range. */
-static bool parse_int(const char *p, size_t len, int64_t *out)
-{
-    bool neg = len > 0 && p[0] == '-';
-    uint64_t v = 0, limit = neg ? (uint64_t)INT64_MAX + 1 : (uint64_t)INT64_MAX;
-    size_t i = neg ? 1 : 0;
-
-    if (len == i || len > 20 || (p[i] == '0' && len != 1))
-        return false;
-    for (; i < len; i++) {
-        unsigned d = (unsigned)(p[i] - '0');
-
-        if (d > 9 || v > (limit - d) / 10)
-            return false;
-        v = v * 10 + d;
-    }
-    *out = !neg ? (int64_t)v : v == limit ? INT64_MIN : -(int64_t)v;
-    return true;
-}
-
-/* Case-insensitive comparison with a lower-case name. */
-static bool arg_is(const struct arg *a, const char *name)
-{
-    size_t i;
-
-    for (i = 0; i < a->len; i++)
-        if (name[i] == '\0' || (a->p[i] >= 'A' && a->p[i] <= 'Z' ? a->p[i] + 32 : a->p[i]) !=
-                                   name[i])
-            return false;
-    return name[i] == '\0';
-}
-
-/* ---- The keyspace: one shard per loop ---------------------------------------------------- */
-
-struct entry {
-    UT_hash_handle hh;
-    struct entry *vprev, *vnext; /* the shard's list of keys with a TTL, in sweep order */
-    uint64_t expire_ms;          /* deadline on the loops' clock (ioloop_now_ms); 0: none */
-    uint32_t klen, vlen, vcap;
-    bool add_failed;             /* uthash ran out of memory adding it */
-    char data[];                 /* the key, then room for vcap bytes of value */
-};
 
 struct client;
 struct batch;
 
+/* ---- Shards ------------------------------------------------------------------------------ */
+
+/* Shard i: loop i's keys (its data, ioloop_set_data) and what its connections share. */
 struct shard {
     struct kv *kv;
     ioloop_t *loop;
     int index;
-    struct entry *table;          /* uthash head */
-    struct entry *vhead, *vtail;  /* keys with a TTL */
-    size_t nvolatile;
+    struct store store;           /* the keys whose hash names this shard */
     bool quiescing;               /* stopping: no connection of this loop is read any more */
     struct client *clients;       /* the connections living in this loop */
     struct buf scratch;           /* replies made in this loop are built here */
@@ -226,6 +76,7 @@ struct shard {
     int noutgoing;
 };
 
+/* The whole server: what the main thread and every shard's loop share. */
 struct kv {
     ioloop_server_t *server;
     struct shard *shards;
@@ -239,116 +90,6 @@ struct kv {
     int attach_err;
 };
 
-static void entry_add_failed(struct entry *e)
-{
-    e->add_failed = true;
-}
-
-static void volatile_unlink(struct shard *sh, struct entry *e)
-{
-    *(e->vprev ? &e->vprev->vnext : &sh->vhead) = e->vnext;
-    *(e->vnext ? &e->vnext->vprev : &sh->vtail) = e->vprev;
-    e->vprev = e->vnext = NULL;
-    sh->nvolatile--;
-}
-
-static void volatile_append(struct shard *sh, struct entry *e)
-{
-    e->vnext = NULL;
-    e->vprev = sh->vtail;
-    *(sh->vtail ? &sh->vtail->vnext : &sh->vhead) = e;
-    sh->vtail = e;
-    sh->nvolatile++;
-}
-
-static void entry_set_expire(struct shard *sh, struct entry *e, uint64_t expire_ms)
-{
-    if (e->expire_ms == expire_ms)
-        return;
-    if (e->expire_ms != 0)
-        volatile_unlink(sh, e);
-    e->expire_ms = expire_ms;
-    if (expire_ms != 0)
-        volatile_append(sh, e);
-}
-
-static void entry_remove(struct shard *sh, struct entry *e)
-{
-    HASH_DELETE(hh, sh->table, e);
-    if (e->expire_ms != 0)
-        volatile_unlink(sh, e);
-    free(e);
-}
-
-/* The live entry for key, or NULL; an expired one is removed on the way. */
-static struct entry *entry_find(struct shard *sh, const struct arg *key)
-{
-    struct entry *e;
-
-    HASH_FIND(hh, sh->table, key->p, (unsigned)key->len, e);
-    if (e != NULL && e->expire_ms != 0 && e->expire_ms <= ioloop_now_ms(sh->loop)) {
-        entry_remove(sh, e);
-        return NULL;
-    }
-    return e;
-}
-
-/*
- * Stores a value for key, whose live entry is `old` (or NULL): in place when the value fits,
- * else in a new entry that replaces it. The TTL becomes expire_ms (0: none), or stays as it
- * was with keep_ttl. Returns the entry, or NULL when out of memory; then nothing changed.
- */
-static struct entry *entry_store(struct shard *sh, struct entry *old, const struct arg *key,
-                                 const char *val, size_t vlen, bool keep_ttl, uint64_t expire_ms)
-{
-    struct entry *e = old;
-
-    if (keep_ttl)
-        expire_ms = old != NULL ? old->expire_ms : 0;
-    if (e == NULL || vlen > e->vcap) {
-        size_t vcap = (vlen + 15) & ~(size_t)15; /* room to overwrite in place next time */
-
-        if ((e = malloc(sizeof *e + key->len + vcap)) == NULL)
-            return NULL;
-        memset(e, 0, sizeof *e);
-        e->klen = (uint32_t)key->len;
-        e->vcap = (uint32_t)vcap;
-        memcpy(e->data, key->p, key->len);
-        /* Added before the old entry goes, so the table is never empty in between and the
-         * old value survives a failed add. */
-        HASH_ADD_KEYPTR(hh, sh->table, e->data, e->klen, e);
-        if (e->add_failed) {
-            free(e);
-            return NULL;
-        }
-        if (old != NULL)
-            entry_remove(sh, old);
-    }
-    memcpy(e->data + e->klen, val, vlen);
-    e->vlen = (uint32_t)vlen;
-    entry_set_expire(sh, e, expire_ms);
-    return e;
-}
-
-/* Removes expired keys among the next SWEEP_KEYS of the TTL list; live ones go to its end. */
-static void on_sweep(ioloop_t *loop, void *arg)
-{
-    struct shard *sh = arg;
-    uint64_t now = ioloop_now_ms(loop);
-    size_t n = sh->nvolatile < SWEEP_KEYS ? sh->nvolatile : SWEEP_KEYS;
-
-    for (size_t i = 0; i < n; i++) {
-        struct entry *e = sh->vhead;
-
-        if (e->expire_ms <= now) {
-            entry_remove(sh, e);
-        } else {
-            volatile_unlink(sh, e);
-            volatile_append(sh, e);
-        }
-    }
-}
-
 /* FNV-1a: the shard of a key. Not uthash's function, so a shard's keys spread over all of its
  * table's buckets. */
 static int shard_of(const struct kv *kv, const struct arg *key)
@@ -358,255 +99,6 @@ static int shard_of(const struct kv *kv, const struct arg *key)
     for (size_t i = 0; i < key->len; i++)
         h = (h ^ (unsigned char)key->p[i]) * 1099511628211u;
     return (int)(h % (unsigned)kv->nshards);
-}
-
-/* ---- Commands ---------------------------------------------------------------------------- */
-
-/* A command writes its reply to `out`; running out of memory sets out->failed. */
-typedef void cmd_fn(struct shard *sh, int argc, const struct arg *argv, struct buf *out);
-/* One key's share of a multi-key command: a piece of an array reply, or a count. */
-typedef void key_fn(struct shard *sh, const struct arg *key, struct buf *out, int64_t *count);
-
-enum keys { KEYS_NONE, KEYS_FIRST, KEYS_ALL };
-
-struct command {
-    const char *name;  /* lower case, as Redis names it in errors */
-    int arity;         /* Redis's convention: n exactly, -n at least n (the name counts) */
-    enum keys keys;    /* which arguments are keys: where the command runs */
-    cmd_fn *run;       /* KEYS_NONE and KEYS_FIRST */
-    key_fn *each;      /* KEYS_ALL */
-    bool array;        /* KEYS_ALL: an array of the pieces, else the sum of the counts */
-};
-
-static void each_get(struct shard *sh, const struct arg *key, struct buf *out, int64_t *count)
-{
-    struct entry *e = entry_find(sh, key);
-
-    if (e != NULL)
-        put_bulk(out, e->data + e->klen, e->vlen);
-    else
-        put(out, "$-1\r\n", 5);
-}
-
-static void cmd_get(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    each_get(sh, &argv[1], out, NULL);
-}
-
-static void each_del(struct shard *sh, const struct arg *key, struct buf *out, int64_t *count)
-{
-    struct entry *e = entry_find(sh, key);
-
-    if (e != NULL) {
-        entry_remove(sh, e);
-        (*count)++;
-    }
-}
-
-static void each_exists(struct shard *sh, const struct arg *key, struct buf *out, int64_t *count)
-{
-    if (entry_find(sh, key) != NULL)
-        (*count)++;
-}
-
-/*
- * SET key value [NX | XX] [EX seconds | PX milliseconds | KEEPTTL]: "+OK", or a nil reply when
- * NX or XX did not hold. Options may come in any order, each once, as Redis takes them.
- */
-static void cmd_set(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    bool nx = false, xx = false, keep = false;
-    uint64_t now = ioloop_now_ms(sh->loop), ttl = 0;
-    struct entry *e;
-
-    for (int i = 3; i < argc; i++) {
-        const struct arg *a = &argv[i];
-        int64_t n;
-
-        if (arg_is(a, "nx") && !xx) {
-            nx = true;
-        } else if (arg_is(a, "xx") && !nx) {
-            xx = true;
-        } else if (arg_is(a, "keepttl") && ttl == 0) {
-            keep = true;
-        } else if ((arg_is(a, "ex") || arg_is(a, "px")) && !keep && ttl == 0 && i + 1 < argc) {
-            int64_t unit = arg_is(a, "ex") ? 1000 : 1;
-
-            i++;
-            if (!parse_int(argv[i].p, argv[i].len, &n) || n <= 0 || n > INT64_MAX / unit ||
-                (uint64_t)(n * unit) > INT64_MAX - now) {
-                put_str(out, "-ERR invalid expire time in 'set' command\r\n");
-                return;
-            }
-            ttl = (uint64_t)(n * unit);
-        } else {
-            put_str(out, "-ERR syntax error\r\n");
-            return;
-        }
-    }
-    e = entry_find(sh, &argv[1]);
-    if ((nx && e != NULL) || (xx && e == NULL)) {
-        put(out, "$-1\r\n", 5);
-        return;
-    }
-    if (entry_store(sh, e, &argv[1], argv[2].p, argv[2].len, keep, ttl ? now + ttl : 0) == NULL)
-        out->failed = true;
-    else
-        put(out, "+OK\r\n", 5);
-}
-
-/* INCR key: the value, as an integer, plus one; a missing key counts as 0. The TTL stays. */
-static void cmd_incr(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    struct entry *e = entry_find(sh, &argv[1]);
-    int64_t v = 0;
-    char tmp[24], *end = tmp + sizeof tmp, *p;
-
-    if (e != NULL && !parse_int(e->data + e->klen, e->vlen, &v)) {
-        put_str(out, "-ERR value is not an integer or out of range\r\n");
-        return;
-    }
-    if (v == INT64_MAX) {
-        put_str(out, "-ERR increment or decrement would overflow\r\n");
-        return;
-    }
-    p = fmt_int(end, ++v);
-    if (entry_store(sh, e, &argv[1], p, (size_t)(end - p), true, 0) == NULL)
-        out->failed = true;
-    else
-        put_num(out, ':', v);
-}
-
-/* TTL and PTTL: -2 for a missing key, -1 for one without a TTL, else what is left. */
-static void ttl_reply(struct shard *sh, const struct arg *key, struct buf *out, uint64_t unit)
-{
-    struct entry *e = entry_find(sh, key);
-    uint64_t left;
-
-    if (e == NULL || e->expire_ms == 0) {
-        put_num(out, ':', e == NULL ? -2 : -1);
-        return;
-    }
-    left = e->expire_ms - ioloop_now_ms(sh->loop); /* entry_find removed it if it was due */
-    put_num(out, ':', (int64_t)((left + unit / 2) / unit));
-}
-
-static void cmd_ttl(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    ttl_reply(sh, &argv[1], out, 1000);
-}
-
-static void cmd_pttl(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    ttl_reply(sh, &argv[1], out, 1);
-}
-
-static void cmd_ping(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    if (argc == 1)
-        put(out, "+PONG\r\n", 7);
-    else if (argc == 2)
-        put_bulk(out, argv[1].p, argv[1].len);
-    else
-        put_str(out, "-ERR wrong number of arguments for 'ping' command\r\n");
-}
-
-static void cmd_echo(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    put_bulk(out, argv[1].p, argv[1].len);
-}
-
-/* QUIT: "+OK", then the connection closes (dispatch() sees to that). */
-static void cmd_quit(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    put(out, "+OK\r\n", 5);
-}
-
-/*
- * CONFIG GET parameter...: the name/value pairs of the parameters asked for ("*" for all) that
- * a client may want to know; there is no persistence, as redis-benchmark asks.
- */
-static void cmd_config(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    static const char *const params[][2] = {{"save", ""}, {"appendonly", "no"}};
-    bool want[sizeof params / sizeof params[0]] = {false};
-    int n = 0;
-
-    if (!arg_is(&argv[1], "get")) {
-        put_str(out, "-ERR unknown CONFIG subcommand: only CONFIG GET is supported\r\n");
-        return;
-    }
-    if (argc < 3) {
-        put_str(out, "-ERR wrong number of arguments for 'config|get' command\r\n");
-        return;
-    }
-    for (size_t k = 0; k < sizeof params / sizeof params[0]; k++) {
-        for (int i = 2; i < argc && !want[k]; i++)
-            want[k] = arg_is(&argv[i], params[k][0]) || arg_is(&argv[i], "*");
-        n += want[k];
-    }
-    put_num(out, '*', 2 * n);
-    for (size_t k = 0; k < sizeof params / sizeof params[0]; k++) {
-        if (want[k]) {
-            put_bulk(out, params[k][0], strlen(params[k][0]));
-            put_bulk(out, params[k][1], strlen(params[k][1]));
-        }
-    }
-}
-
-static void cmd_command(struct shard *sh, int argc, const struct arg *argv, struct buf *out);
-
-/* The most frequent first: lookup is a linear scan. */
-static const struct command commands[] = {
-    {"get", 2, KEYS_FIRST, cmd_get, NULL, false},
-    {"set", -3, KEYS_FIRST, cmd_set, NULL, false},
-    {"incr", 2, KEYS_FIRST, cmd_incr, NULL, false},
-    {"mget", -2, KEYS_ALL, NULL, each_get, true},
-    {"del", -2, KEYS_ALL, NULL, each_del, false},
-    {"exists", -2, KEYS_ALL, NULL, each_exists, false},
-    {"ping", -1, KEYS_NONE, cmd_ping, NULL, false},
-    {"echo", 2, KEYS_NONE, cmd_echo, NULL, false},
-    {"ttl", 2, KEYS_FIRST, cmd_ttl, NULL, false},
-    {"pttl", 2, KEYS_FIRST, cmd_pttl, NULL, false},
-    {"config", -2, KEYS_NONE, cmd_config, NULL, false},
-    {"command", -1, KEYS_NONE, cmd_command, NULL, false},
-    {"quit", -1, KEYS_NONE, cmd_quit, NULL, false},
-};
-#define NCOMMANDS (sizeof commands / sizeof commands[0])
-
-/* COMMAND COUNT: how many there are; COMMAND and its other forms (DOCS, INFO): no details. */
-static void cmd_command(struct shard *sh, int argc, const struct arg *argv, struct buf *out)
-{
-    if (argc >= 2 && arg_is(&argv[1], "count"))
-        put_num(out, ':', (int64_t)NCOMMANDS);
-    else
-        put(out, "*0\r\n", 4);
-}
-
-static const struct command *command_find(const struct arg *name)
-{
-    for (size_t i = 0; i < NCOMMANDS; i++)
-        if (arg_is(name, commands[i].name))
-            return &commands[i];
-    return NULL;
-}
-
-/* Runs a command on the shard holding all of its keys. */
-static void command_run(struct shard *sh, const struct command *cmd, int argc,
-                        const struct arg *argv, struct buf *out)
-{
-    int64_t count = 0;
-
-    if (cmd->run != NULL) {
-        cmd->run(sh, argc, argv, out);
-        return;
-    }
-    if (cmd->array)
-        put_num(out, '*', argc - 1);
-    for (int i = 1; i < argc; i++)
-        cmd->each(sh, &argv[i], out, &count);
-    if (!cmd->array)
-        put_num(out, ':', count);
 }
 
 /* ---- Work for other shards: parts, requests, batches -------------------------------------- */
@@ -651,22 +143,10 @@ struct batch {
     struct part *parts, **tail;
 };
 
-/* The state of a multibulk command that arrived in pieces, as offsets from its first byte,
- * valid because the library presents the unconsumed bytes again from the same start. */
-struct span {
-    size_t off, len;
-};
-
-struct parser {
-    size_t pos;                  /* bytes parsed so far */
-    int64_t nargs;               /* the argument count; -1 before the "*<count>" line */
-    int argc;                    /* arguments parsed so far (all of them once complete) */
-    struct span *args;
-    size_t cap;
-};
-
 enum { PAUSE_QUEUE = 1, PAUSE_OUTPUT = 2 };
 
+/* A connection: the replies it owes, how far its current command is parsed, why it is not
+ * read. Lives in its connection's loop; outlives the connection while batches are away. */
 struct client {
     ioloop_conn_t *conn;         /* NULL once closed */
     struct shard *shard;         /* its loop's */
@@ -743,11 +223,11 @@ static struct part *part_new(const struct command *cmd, int argc, const struct a
 static void part_run(struct shard *sh, struct part *p)
 {
     if (!p->share) {
-        command_run(sh, p->cmd, p->argc, p->argv, &p->out);
+        command_run(&sh->store, p->cmd, p->argc, p->argv, &p->out);
         return;
     }
     for (int j = 0; j < p->argc; j++) {
-        p->cmd->each(sh, &p->argv[j], &p->out, &p->count);
+        p->cmd->each(&sh->store, &p->argv[j], &p->out, &p->count);
         if (p->ends != NULL)
             p->ends[j] = p->out.len;
     }
@@ -875,14 +355,13 @@ static void req_write(struct client *c, struct req *r)
     } else if (r->cmd == NULL) {
         client_write(c, r->parts->out.data, r->parts->out.len);
     } else {
-        out->len = 0;
-        out->failed = false;
+        buf_clear(out);
         if (r->cmd->array) {
-            put_num(out, '*', r->nkeys);
+            resp_num(out, '*', r->nkeys);
             for (int i = 0; i < r->nkeys; i++)
-                put(out, req_pieces(r)[i].p, req_pieces(r)[i].len);
+                buf_put(out, req_pieces(r)[i].p, req_pieces(r)[i].len);
         } else {
-            put_num(out, ':', r->count);
+            resp_num(out, ':', r->count);
         }
         if (out->failed)
             client_write(c, ERR_OOM, strlen(ERR_OOM));
@@ -1024,15 +503,15 @@ static void batch_post_all(struct client *c)
 
 /* ---- Dispatching a command -------------------------------------------------------------- */
 
+/* The command's keys (if any) live here: it runs now, and its reply goes out in order. */
 static void reply_here(struct client *c, const struct command *cmd, int argc,
                        const struct arg *argv)
 {
     struct shard *sh = c->shard;
     struct buf *out = &sh->scratch;
 
-    out->len = 0;
-    out->failed = false;
-    command_run(sh, cmd, argc, argv, out);
+    buf_clear(out);
+    command_run(&sh->store, cmd, argc, argv, out);
     if (out->failed)
         client_reply(c, ERR_OOM, strlen(ERR_OOM));
     else
@@ -1062,14 +541,13 @@ static void forward(struct client *c, int t, const struct command *cmd, int argc
         r->error = ERR_OOM;
 }
 
-
 /* A multi-key command: where its keys are decides whether it runs here, elsewhere, or spread. */
 static void fan_out(struct client *c, const struct command *cmd, int argc, const struct arg *argv)
 {
     struct shard *sh = c->shard;
     int nshards = sh->kv->nshards, used = 0;
-    uint32_t *key_shard = grow(sh->key_shard, &sh->key_shard_cap, (size_t)argc,
-                               sizeof *key_shard);
+    uint32_t *key_shard = array_grow(sh->key_shard, &sh->key_shard_cap, (size_t)argc,
+                                     sizeof *key_shard);
     struct req *r;
 
     if (key_shard == NULL) {
@@ -1162,7 +640,7 @@ static void dispatch(struct client *c, int argc, const struct arg *argv)
         client_reply(c, msg, (size_t)n);
         return;
     }
-    if (cmd->run == cmd_quit)
+    if (cmd->closes)
         c->closing = true;
     if (cmd->keys == KEYS_NONE || sh->kv->nshards == 1) {
         reply_here(c, cmd, argc, argv);
@@ -1177,120 +655,27 @@ static void dispatch(struct client *c, int argc, const struct arg *argv)
     }
 }
 
-/* ---- Parsing RESP ------------------------------------------------------------------------ */
-
-enum { PARSE_MORE = 0, PARSE_ERROR = -1, PARSE_NOMEM = -2 };
-
-static bool parser_add(struct parser *ps, size_t off, size_t len)
-{
-    if ((size_t)ps->argc == ps->cap) {
-        struct span *args = grow(ps->args, &ps->cap, ps->cap ? ps->cap * 2 : 8, sizeof *args);
-
-        if (args == NULL)
-            return false;
-        ps->args = args;
-    }
-    ps->args[ps->argc++] = (struct span){off, len};
-    return true;
-}
-
-/* "<digits>\r\n" after the '*' or '$' at p: the header's length with *value set, PARSE_MORE if
- * it is not all there yet, PARSE_ERROR if it is malformed. */
-static long parse_header(const char *p, size_t len, int64_t *value)
-{
-    const char *nl = memchr(p, '\n', len < MAX_HEADER ? len : MAX_HEADER);
-
-    if (nl == NULL)
-        return len < MAX_HEADER ? PARSE_MORE : PARSE_ERROR;
-    if (nl - p < 3 || nl[-1] != '\r' || !parse_int(p + 1, (size_t)(nl - p) - 2, value))
-        return PARSE_ERROR;
-    return nl - p + 1;
-}
-
-/* An inline command: one line of arguments separated by spaces or tabs. */
-static long parse_inline(struct parser *ps, const char *data, size_t len, char *why)
-{
-    const char *nl = memchr(data, '\n', len < MAX_INLINE ? len : MAX_INLINE);
-    size_t end, i = 0;
-
-    if (nl == NULL) {
-        if (len < MAX_INLINE)
-            return PARSE_MORE;
-        strcpy(why, "too big inline request");
-        return PARSE_ERROR;
-    }
-    end = (size_t)(nl - data);
-    if (end > 0 && data[end - 1] == '\r')
-        end--;
-    ps->argc = 0;
-    while (i < end) {
-        size_t start;
-
-        while (i < end && (data[i] == ' ' || data[i] == '\t'))
-            i++;
-        for (start = i; i < end && data[i] != ' ' && data[i] != '\t'; i++)
-            continue;
-        if (i > start && !parser_add(ps, start, i - start))
-            return PARSE_NOMEM;
-    }
-    return nl - data + 1;
-}
+/* ---- Connection handlers ------------------------------------------------------------------- */
 
 /*
- * A multibulk command: "*<n>\r\n" then n times "$<len>\r\n<bytes>\r\n". Resumes where the
- * previous call on the same bytes stopped; a bulk string is taken only once it is complete.
+ * Before a pipeline runs: the keys of its complete multibulk commands that live here, for the
+ * store to prefetch (see store_prefetch). A pure hint: it reads the input, changes nothing,
+ * and stops at anything it does not understand (the parser will say what).
  */
-static long parse_multibulk(struct parser *ps, const char *data, size_t len, char *why)
+static void prefetch_local(const struct shard *sh, const char *data, size_t len)
 {
-    int64_t v;
-    long n;
+    struct arg keys[PREFETCH_MAX], key;
+    size_t pos = 0, n;
+    int count = 0;
 
-    if (ps->nargs < 0) {
-        if ((n = parse_header(data, len, &v)) == PARSE_MORE)
-            return PARSE_MORE;
-        if (n < 0 || v > MAX_ARGS) {
-            strcpy(why, "invalid multibulk length");
-            return PARSE_ERROR;
-        }
-        ps->argc = 0;
-        if (v <= 0)
-            return n; /* an empty command: Redis skips it */
-        ps->nargs = v;
-        ps->pos = (size_t)n;
+    while (count < PREFETCH_MAX && pos < len && data[pos] == '*' &&
+           (n = parse_peek(data + pos, len - pos, &key)) > 0) {
+        pos += n;
+        if (key.p != NULL && (sh->kv->nshards == 1 || shard_of(sh->kv, &key) == sh->index))
+            keys[count++] = key;
     }
-    while (ps->argc < ps->nargs) {
-        const char *p = data + ps->pos;
-        size_t rem = len - ps->pos;
-
-        if (rem == 0)
-            return PARSE_MORE;
-        if (*p != '$') {
-            snprintf(why, 64, "expected '$', got '%c'", *p);
-            return PARSE_ERROR;
-        }
-        if ((n = parse_header(p, rem, &v)) == PARSE_MORE)
-            return PARSE_MORE;
-        if (n < 0 || v < 0 || (uint64_t)v > MAX_BULK) {
-            strcpy(why, "invalid bulk length");
-            return PARSE_ERROR;
-        }
-        if (rem - (size_t)n < (size_t)v + 2)
-            return PARSE_MORE;
-        if (p[n + v] != '\r' || p[n + v + 1] != '\n') {
-            strcpy(why, "expected CRLF after a bulk string");
-            return PARSE_ERROR;
-        }
-        if (!parser_add(ps, ps->pos + (size_t)n, (size_t)v))
-            return PARSE_NOMEM;
-        ps->pos += (size_t)n + (size_t)v + 2;
-    }
-    n = (long)ps->pos;
-    ps->nargs = -1;
-    ps->pos = 0;
-    return n;
+    store_prefetch(&sh->store, keys, count);
 }
-
-/* ---- Connection handlers ------------------------------------------------------------------- */
 
 static void protocol_error(struct client *c, const char *why)
 {
@@ -1327,7 +712,7 @@ static void run_parsed(struct client *c, const char *base)
 {
     struct shard *sh = c->shard;
     int argc = c->ps.argc;
-    struct arg *argv = grow(sh->argv, &sh->argv_cap, (size_t)argc, sizeof *argv);
+    struct arg *argv = array_grow(sh->argv, &sh->argv_cap, (size_t)argc, sizeof *argv);
 
     if (argv == NULL) {
         client_reply(c, ERR_OOM, strlen(ERR_OOM));
@@ -1344,14 +729,18 @@ static size_t on_data(ioloop_conn_t *conn, const char *data, size_t len)
 {
     struct client *c = ioloop_conn_data(conn);
     size_t used = 0;
-    char why[80];
+    char why[PARSE_WHY_SIZE];
 
     if (c == NULL || c->closing)
         return len; /* after QUIT or a protocol error the rest is dropped, as Redis does */
-    while (used < len && !c->closing && !client_must_wait(c)) {
-        long n = c->ps.nargs < 0 && data[used] != '*'
-                     ? parse_inline(&c->ps, data + used, len - used, why)
-                     : parse_multibulk(&c->ps, data + used, len - used, why);
+    for (unsigned ran = 0; used < len && !c->closing && !client_must_wait(c); ran++) {
+        long n;
+
+        if (ran % PREFETCH_MAX == 0)
+            prefetch_local(c->shard, data + used, len - used);
+        n = c->ps.nargs < 0 && data[used] != '*'
+                ? parse_inline(&c->ps, data + used, len - used, why)
+                : parse_multibulk(&c->ps, data + used, len - used, why);
 
         if (n == PARSE_MORE) {
             if (len - used >= MAX_QUERY)
@@ -1425,6 +814,13 @@ static void on_close(ioloop_conn_t *conn, int err)
 
 /* ---- Start and stop ------------------------------------------------------------------------ */
 
+static void on_sweep(ioloop_t *loop, void *arg)
+{
+    struct shard *sh = arg;
+
+    store_sweep(&sh->store);
+}
+
 /* A shard's loop: the shard becomes the loop's data, with its sweep timer. */
 static void shard_attach(ioloop_t *loop, void *arg)
 {
@@ -1488,6 +884,7 @@ static int kv_init(struct kv *kv, ioloop_pool_t *pool)
         sh->kv = kv;
         sh->index = i;
         sh->loop = ioloop_pool_loop(pool, i);
+        sh->store.loop = sh->loop;
         sh->key_count = calloc((size_t)kv->nshards, sizeof *sh->key_count);
         sh->outgoing = calloc((size_t)kv->nshards, sizeof *sh->outgoing);
         if (sh->key_count == NULL || sh->outgoing == NULL)
@@ -1503,13 +900,8 @@ static size_t kv_free(struct kv *kv)
 
     for (int i = 0; kv->shards != NULL && i < kv->nshards; i++) {
         struct shard *sh = &kv->shards[i];
-        struct entry *e, *tmp;
 
-        keys += HASH_COUNT(sh->table);
-        HASH_ITER(hh, sh->table, e, tmp) {
-            HASH_DELETE(hh, sh->table, e);
-            free(e);
-        }
+        keys += store_free(&sh->store);
         free(sh->scratch.data);
         free(sh->argv);
         free(sh->key_shard);
@@ -1619,3 +1011,4 @@ int main(int argc, char **argv)
     pthread_mutex_destroy(&kv.lock);
     return status;
 }
+

@@ -126,12 +126,12 @@ commands() {
     check "incr a non-integer" "ERR value is not an integer or out of range" \
         bash -c "$(declare -f cli); port=$port; cli set n abc >/dev/null; cli incr n"
     check "get missing" "" cli get nosuch
-    for i in $(seq 20); do cli set "k$i" "v$i" >/dev/null; done
-    check "mget over the shards" "$(printf 'v%s\n' $(seq 10))"$'\n\n'"$(printf 'v%s\n' $(seq 11 20))" \
-        cli mget $(printf 'k%s ' $(seq 10)) nosuch $(printf 'k%s ' $(seq 11 20))
-    check "exists" "21" cli exists $(printf 'k%s ' $(seq 20)) nosuch k1
-    check "del" "10" cli del $(printf 'k%s ' $(seq 10)) nosuch k1
-    check "exists after del" "10" cli exists $(printf 'k%s ' $(seq 20))
+    for i in {1..20}; do cli set "k$i" "v$i" >/dev/null; done
+    check "mget over the shards" "$(printf 'v%s\n' {1..10})"$'\n\n'"$(printf 'v%s\n' {11..20})" \
+        cli mget k{1..10} nosuch k{11..20}
+    check "exists" "21" cli exists k{1..20} nosuch k1
+    check "del" "10" cli del k{1..10} nosuch k1
+    check "exists after del" "10" cli exists k{1..20}
     check "echo" "hello world" cli echo "hello world"
     check "unknown command" "ERR unknown command 'nosuch', with args beginning with: 'x' " \
         cli nosuch x
@@ -205,7 +205,7 @@ for loops in 1 2; do
     else
         fail "kv_split.py: $out"
     fi
-    check "cleanup" "16" cli del a n e $(printf 'k%s ' $(seq 20)) key:__rand_int__ \
+    check "cleanup" "16" cli del a n e k{1..20} key:__rand_int__ \
         counter:__rand_int__ split:s
     sleep 0.3 # the volatile keys expired 50 ms after they were set; the sweep has had time
     stop

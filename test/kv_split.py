@@ -203,6 +203,36 @@ def main():
         if err:
             failures.append("protocol error")
 
+    # A request that never ends: at 16 MiB unfinished (the connection's input limit) the
+    # server answers with a protocol error and closes, after the replies owed before it.
+    big = 8 << 20
+    huge = (b"*3\r\n$3\r\nSET\r\n$%d\r\n" % big) + b"k" * big + (b"\r\n$%d\r\n" % big) + \
+        b"v" * (big - 1)
+    err = check_protocol_error(port, prefix, huge,
+                               b"-ERR Protocol error: too big request\r\n")
+    print("16 MiB unfinished request: %s" % ("ok" if err is None else "FAILED: " + err[:300]))
+    if err:
+        failures.append("too big request")
+
+    # Backpressure: replies far beyond the server's 4 MiB of unsent output, to a client that
+    # reads nothing for a while; every byte must arrive, in order.
+    value = random.Random(3).randbytes(1 << 20)
+    s = connect(port)
+    s.sendall(resp("SET", prefix + b"big", value))
+    ok = read_exact(s, 5) == b"+OK\r\n"
+    n_gets = 40
+    s.sendall(b"".join(resp("GET", prefix + b"big") for _ in range(n_gets)) +
+              resp("DEL", prefix + b"big"))
+    time.sleep(0.5)
+    want = bulk(value) * n_gets + b":1\r\n"
+    got = read_exact(s, len(want))
+    s.close()
+    ok = ok and got == want
+    print("backpressure (%d MiB of replies, read late): %s" % (
+        n_gets, "ok" if ok else "FAILED: got %d of %d bytes" % (len(got), len(want))))
+    if not ok:
+        failures.append("backpressure")
+
     # QUIT: +OK, then the connection closes; a command after it is not run.
     s = connect(port)
     s.sendall(resp("QUIT") + resp("SET", prefix + b"after-quit", "1"))
