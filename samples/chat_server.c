@@ -122,7 +122,7 @@ int main(int argc, char **argv)
     };
     struct chat chat = {.lock = PTHREAD_MUTEX_INITIALIZER};
     const char *address = "127.0.0.1:9001";
-    int nloops = 2, opt, status = 0;
+    int nloops = 2, opt, status = 0, err;
     ioloop_pool_t *pool = NULL;
     ioloop_t *main_loop;
 
@@ -137,12 +137,18 @@ int main(int argc, char **argv)
     }
     ioloop_log_open(NULL);
 
-    /* Signals before the pool, whose threads must not take SIGINT/SIGTERM. */
+    /* The pool's threads block every signal, so SIGINT and SIGTERM reach the main loop. */
     main_loop = ioloop_new();
-    if (main_loop == NULL || ioloop_add_signal(main_loop, SIGINT, on_signal, NULL) < 0 ||
-        ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL) < 0 ||
-        (pool = ioloop_pool_new(nloops)) == NULL) {
-        perror("chat_server");
+    if (main_loop == NULL || (pool = ioloop_pool_new(nloops)) == NULL) {
+        perror("chat_server"); /* constructors set errno */
+        ioloop_free(main_loop);
+        return 1;
+    }
+    /* ioloop_add_signal() returns a negative errno; it does not set errno. */
+    if ((err = ioloop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
+        (err = ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
+        fprintf(stderr, "chat_server: ioloop_add_signal: %s\n", strerror(-err));
+        ioloop_pool_free(pool);
         ioloop_free(main_loop);
         return 1;
     }

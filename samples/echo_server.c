@@ -1,15 +1,17 @@
 /*
  * echo_server — a TCP echo server on a pool of loops: every byte a client sends comes back.
  *
- * The acceptor hands connections round-robin to the pool's loops; on_data writes what it got
- * straight back with ioloop_conn_write() and consumes all of it. The main thread runs a loop of
+ * The acceptor hands connections round-robin to the pool's loops (with -r, each loop accepts
+ * its own on an SO_REUSEPORT listener instead); on_data writes what it got straight back with
+ * ioloop_conn_write() and consumes all of it; each connection's peer is logged. The main thread runs a loop of
  * its own that only waits for SIGINT/SIGTERM (or the -t timer); then the server and the pool
  * are freed and each pool loop's stats are printed.
  *
  *   build/samples/echo_server -t 30          (in another shell: build/samples/echo_client)
  *
  * Options: -a ADDRESS (default 127.0.0.1:9000; port 0 picks a free one), -n LOOPS (default 1;
- * 0 means one per CPU), -q (quiet: no line per connection), -t SECONDS (stop after that long).
+ * 0 means one per CPU), -r (reuseport: a listener per loop), -q (quiet: no line per
+ * connection), -t SECONDS (stop after that long).
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -26,44 +28,22 @@
 struct options {
     const char *address;
     int loops;
+    int reuseport;
     int quiet;
     unsigned seconds;  /* 0: run until a signal */
 };
 
-/* The peer's address as text, for the log ("?" if the kernel will not say). */
-static void peer_name(int fd, char *out, size_t size)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof ss;
-    char host[INET6_ADDRSTRLEN] = "?";
-    int port = 0;
-
-    if (getpeername(fd, (struct sockaddr *)&ss, &len) == 0) {
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-
-            inet_ntop(AF_INET, &in->sin_addr, host, sizeof host);
-            port = ntohs(in->sin_port);
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-
-            inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host);
-            port = ntohs(in6->sin6_port);
-        } else {
-            snprintf(host, sizeof host, "unix");
-        }
-    }
-    snprintf(out, size, "%s:%d", host, port);
-}
-
 static void on_open(ioloop_conn_t *conn)
 {
     const struct options *opt = ioloop_conn_user(conn);
-    char peer[INET6_ADDRSTRLEN + 8];
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char peer[128] = "?";
 
     if (opt->quiet)
         return;
-    peer_name(ioloop_conn_fd(conn), peer, sizeof peer);
+    if (ioloop_conn_peer(conn, &ss, &len) == 0)
+        ioloop_address_format((struct sockaddr *)&ss, len, peer, sizeof peer);
     IOLOOP_LOG_INFO("conn %" PRIu64 " open from %s", ioloop_conn_id(conn), peer);
 }
 
@@ -98,10 +78,11 @@ static int parse_options(int argc, char **argv, struct options *opt)
 {
     int c;
 
-    while ((c = getopt(argc, argv, "a:n:qt:")) != -1) {
+    while ((c = getopt(argc, argv, "a:n:qrt:")) != -1) {
         switch (c) {
         case 'a': opt->address = optarg; break;
         case 'n': opt->loops = atoi(optarg); break;
+        case 'r': opt->reuseport = 1; break;
         case 'q': opt->quiet = 1; break;
         case 't': opt->seconds = (unsigned)strtoul(optarg, NULL, 10); break;
         default: return -1;
@@ -120,11 +101,11 @@ int main(int argc, char **argv)
     ioloop_server_t *server;
     ioloop_pool_t *pool;
     ioloop_t *main_loop;
-    int nloops;
+    int nloops, err;
 
     if (parse_options(argc, argv, &opt) < 0) {
-        fprintf(stderr, "usage: %s [-a ADDRESS] [-n LOOPS (0: one per CPU)] [-q] [-t SECONDS]\n",
-                argv[0]);
+        fprintf(stderr, "usage: %s [-a ADDRESS] [-n LOOPS (0: one per CPU)] [-r] [-q] "
+                        "[-t SECONDS]\n", argv[0]);
         return 2;
     }
     ioloop_log_open(NULL);
@@ -132,9 +113,14 @@ int main(int argc, char **argv)
     /* Signals first: the pool's threads are created after the mask is set (and block every
      * signal anyway), so SIGINT and SIGTERM reach only the main loop's signalfd. */
     main_loop = ioloop_new();
-    if (main_loop == NULL || ioloop_add_signal(main_loop, SIGINT, on_signal, NULL) < 0 ||
-        ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL) < 0) {
+    if (main_loop == NULL) {
         perror("echo_server: main loop");
+        return 1;
+    }
+    /* ioloop_add_signal() returns a negative errno; it does not set errno. */
+    if ((err = ioloop_add_signal(main_loop, SIGINT, on_signal, NULL)) < 0 ||
+        (err = ioloop_add_signal(main_loop, SIGTERM, on_signal, NULL)) < 0) {
+        fprintf(stderr, "echo_server: main loop: ioloop_add_signal: %s\n", strerror(-err));
         return 1;
     }
     if (opt.seconds > 0)
@@ -146,7 +132,8 @@ int main(int argc, char **argv)
         ioloop_free(main_loop);
         return 1;
     }
-    server = ioloop_server_new(pool, opt.address, &handlers, &opt);
+    server = ioloop_server_new_opts(pool, opt.address, &handlers, &opt,
+                                    &(ioloop_server_options_t){.reuseport = opt.reuseport});
     if (server == NULL || (errno = -ioloop_server_start(server)) != 0) {
         fprintf(stderr, "echo_server: cannot serve %s: %s\n", opt.address, strerror(errno));
         ioloop_server_free(server);
@@ -155,8 +142,9 @@ int main(int argc, char **argv)
         return 1;
     }
     nloops = ioloop_pool_size(pool);
-    printf("echo_server: listening on %s (port %d) with %d loop%s\n", opt.address,
-           ioloop_server_port(server), nloops, nloops == 1 ? "" : "s");
+    printf("echo_server: listening on %s (port %d) with %d loop%s%s\n", opt.address,
+           ioloop_server_port(server), nloops, nloops == 1 ? "" : "s",
+           opt.reuseport ? ", each with its own SO_REUSEPORT listener" : "");
     fflush(stdout); /* scripts wait for this line */
 
     ioloop_start(main_loop);

@@ -741,12 +741,12 @@ static void test_conn_big_write_then_close(void **state)
     /* Every byte, in order, then the end of the stream. */
     read_pattern(peer, BIG_WRITE);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
     assert_int_equal(r.datas, 0);
 
-    close(peer);
     free((char *)r.big);
     rec_destroy(&r);
     env_close(&e);
@@ -822,11 +822,11 @@ static void test_conn_drain_after_pending_write(void **state)
 
     run_in_loop(e.loop, close_conn_cb, &r);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
 
-    close(peer);
     free((char *)r.big);
     rec_destroy(&r);
     env_close(&e);
@@ -1070,10 +1070,10 @@ static void test_conn_idle_timeout_zero_disables(void **state)
 
     run_in_loop(e.loop, close_conn_cb, &r);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
-    close(peer);
     rec_destroy(&r);
     env_close(&e);
 }
@@ -1424,10 +1424,10 @@ static void test_conn_close_before_open(void **state)
     test_read_exact(peer, buf, sizeof buf);
     assert_memory_equal(buf, "bye", 3);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
-    close(peer);
     rec_destroy(&r);
     env_close(&e);
 }
@@ -1487,6 +1487,7 @@ static void test_conn_close_in_on_data_not_nested(void **state)
     test_write_all(peer, "abc", 3);
     /* The peer gets a plain end of stream: no "x", no "y". */
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
@@ -1496,7 +1497,6 @@ static void test_conn_close_in_on_data_not_nested(void **state)
     assert_int_equal(r.rc[1], -EPIPE);
     assert_int_equal(r.rc[2], 0);
     assert_int_equal(r.rc[3], 0);
-    close(peer);
     rec_destroy(&r);
     env_close(&e);
 }
@@ -1889,10 +1889,10 @@ static void test_conn_write_null_data(void **state)
     assert_int_equal(rec_get(&r, &r.rc[1]), 0);
     run_in_loop(e.loop, close_conn_cb, &r);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
-    close(peer);
     rec_destroy(&r);
     env_close(&e);
 }
@@ -1937,11 +1937,11 @@ static void test_conn_wrong_thread_eperm(void **state)
     /* "BAD" was never sent: after the echo comes the end of the stream. */
     run_in_loop(e.loop, close_conn_cb, &r);
     expect_eof(peer);
+    close(peer); /* our EOF ends the other side's linger at once */
     assert_true(rec_wait_int(&r, &r.closes, 1));
     rec_check_clean(&r);
     assert_int_equal(r.close_err, 0);
     assert_int_equal(other.opens + other.closes, 0);
-    close(peer);
     rec_destroy(&other);
     rec_destroy(&r);
     env_close(&e);

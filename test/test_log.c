@@ -333,6 +333,49 @@ static void test_log_line_format(void **state)
     scratch_close(&s);
 }
 
+/* A caller that reuses one buffer for different file names gets each line's own base name:
+ * the names differ in length and in where their base name starts, so a name remembered by
+ * its pointer shows up cut, shifted or with a NUL inside. */
+static void test_log_file_name_from_reused_buffer(void **state)
+{
+    static const char *names[] = {"lib/one.c", "two.c", "a/b/three.c", "x/y.c", "/abs/dir/"};
+    static const char *bases[] = {"one.c", "two.c", "three.c", "y.c", ""};
+    const size_t n = sizeof names / sizeof names[0];
+    char file[64], *text, *line, *save = NULL;
+    regex_t re;
+    regmatch_t m[3];
+    size_t len, found = 0;
+    scratch_t s;
+
+    (void)state;
+    scratch_open(&s);
+    assert_int_equal(regcomp(&re, "^[^ ]+ INFO  [0-9]+ ([^ ]*):([0-9]+) name [0-9]+$",
+                             REG_EXTENDED),
+                     0);
+    assert_int_equal(open_file_log(s.path, 60000), 0);
+    memset(file, 'z', sizeof file); /* what lies past each name is not a NUL */
+    for (size_t i = 0; i < n; i++) {
+        strcpy(file, names[i]);
+        ioloop_log_write(IOLOOP_LOG_INFO, file, (int)i + 1, "name %zu", i);
+    }
+    ioloop_log_close();
+
+    text = slurp(s.path, &len);
+    assert_int_equal(strlen(text), len); /* no NUL from a stale name */
+    for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        if (regexec(&re, line, 3, m, 0) != 0)
+            fail_msg("line does not match: \"%s\"", line);
+        line[m[1].rm_eo] = '\0';
+        assert_string_equal(line + m[1].rm_so, bases[found]);
+        assert_int_equal(atoi(line + m[2].rm_so), (int)found + 1);
+        found++;
+    }
+    assert_int_equal(found, n);
+    free(text);
+    regfree(&re);
+    scratch_close(&s);
+}
+
 /* The message part is what printf would print, for the conversions of the fast path and for
  * those it hands to vsnprintf; errno survives a call and %m sees the caller's errno. */
 static void test_log_message_matches_printf(void **state)
@@ -827,11 +870,96 @@ static void test_log_fork_child_logs(void **state)
     scratch_close(&s);
 }
 
-int main(void)
+/* Tells main() to run fresh_fork_tid() instead of the tests. */
+#define FRESH_FORK_TID "--fresh-fork-tid"
+
+/*
+ * The body of test_log_fork_child_tid_never_opened, run in a fresh image of this program
+ * (main() sees FRESH_FORK_TID), where no test has opened the logger: logs a line, forks, and
+ * the child logs one; both go synchronously to standard error, which the test made a file.
+ * Each line carries the pid of its process. Returns the exit status.
+ */
+static int fresh_fork_tid(void)
+{
+    int status;
+    pid_t pid;
+
+    IOLOOP_LOG_INFO("probe=parent pid=%d", (int)getpid());
+    pid = fork();
+    if (pid < 0)
+        return 1;
+    if (pid == 0) {
+        IOLOOP_LOG_INFO("probe=child pid=%d", (int)getpid());
+        _exit(0);
+    }
+    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        return 1;
+    return 0;
+}
+
+/* A fork child logs its own thread id also when the logger was never opened (lines go to
+ * standard error). The case needs a process in which ioloop_log_open() never ran, and every
+ * other test here opens the logger, so it runs in a fresh image of this program. In each line
+ * the thread id must be the pid the line reports (a single-threaded process's tid is its pid). */
+static void test_log_fork_child_tid_never_opened(void **state)
+{
+    regex_t re;
+    regmatch_t m[4];
+    scratch_t s;
+    char err_path[160], *text, *line, *save = NULL;
+    pid_t pid, child = -1;
+    int fd, lines = 0;
+
+    (void)state;
+    scratch_open(&s);
+    snprintf(err_path, sizeof err_path, "%s/stderr.txt", s.dir);
+    fd = open(err_path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0644);
+    assert_true(fd >= 0);
+    assert_int_equal(regcomp(&re, "^[^ ]+ INFO  ([0-9]+) test_log\\.c:[0-9]+ probe=(parent|child) "
+                                  "pid=([0-9]+)$",
+                             REG_EXTENDED),
+                     0);
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        if (dup2(fd, STDERR_FILENO) != STDERR_FILENO)
+            _exit(126);
+        execl("/proc/self/exe", "test_log", FRESH_FORK_TID, (char *)NULL);
+        _exit(127);
+    }
+    close(fd);
+    wait_child(pid);
+
+    text = slurp(err_path, NULL);
+    for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        int tid, who;
+
+        if (regexec(&re, line, 4, m, 0) != 0)
+            fail_msg("line does not match: \"%s\"", line);
+        tid = match_int(line, &m[1]);
+        who = match_int(line, &m[3]);
+        if (strncmp(line + m[2].rm_so, "parent", 6) == 0) {
+            assert_int_equal(who, pid); /* exec keeps the pid */
+        } else {
+            assert_int_not_equal(who, pid);
+            child = who;
+        }
+        assert_int_equal(tid, who);
+        lines++;
+    }
+    assert_int_equal(lines, 2);
+    assert_true(child > 0);
+    free(text);
+    regfree(&re);
+    scratch_close(&s);
+}
+
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_threads_every_line_once_in_order),
         cmocka_unit_test(test_log_line_format),
+        cmocka_unit_test(test_log_file_name_from_reused_buffer),
         cmocka_unit_test(test_log_message_matches_printf),
         cmocka_unit_test(test_log_truncates_long_lines),
         cmocka_unit_test(test_log_level_filtering),
@@ -843,7 +971,10 @@ int main(void)
         cmocka_unit_test(test_log_open_rejects_bad_options),
         cmocka_unit_test(test_log_child_exit_writes_every_line),
         cmocka_unit_test(test_log_fork_child_logs),
+        cmocka_unit_test(test_log_fork_child_tid_never_opened),
     };
 
+    if (argc == 2 && strcmp(argv[1], FRESH_FORK_TID) == 0)
+        return fresh_fork_tid();
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,9 @@
  * table growth, start/stop semantics, loop-thread checks, the cached clock and the stats.
  * Everything is driven by pipes, socketpairs and eventfds; the only real waits are short
  * timers. Each test closes what it opens and checks that the process's fd count is restored.
+ * The binary is linked with -Wl,--wrap=epoll_ctl, so that a test can count the epoll_ctl()
+ * calls the library makes for one fd: the documented cost of removing and re-adding a handler
+ * within one iteration.
  */
 #include <ioloop.h>
 
@@ -21,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -36,6 +40,38 @@
 #define GROW_FD 5000
 /* A timer far enough in the future never to fire during a test. */
 #define NEVER_MS 3600000u
+
+/* ---- Counting epoll_ctl() ---------------------------------------------------------------- */
+
+/* The library's epoll_ctl() calls land in __wrap_epoll_ctl (see the top of the file), which
+ * counts those for ctl_fd by operation and passes every call on. */
+int __real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+
+static atomic_int ctl_fd = -1;
+static atomic_int ctl_adds, ctl_mods, ctl_dels;
+
+int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
+{
+    if (fd == atomic_load(&ctl_fd)) {
+        if (op == EPOLL_CTL_ADD)
+            atomic_fetch_add(&ctl_adds, 1);
+        else if (op == EPOLL_CTL_MOD)
+            atomic_fetch_add(&ctl_mods, 1);
+        else if (op == EPOLL_CTL_DEL)
+            atomic_fetch_add(&ctl_dels, 1);
+    }
+    return __real_epoll_ctl(epfd, op, fd, event);
+}
+
+/* Starts counting the epoll_ctl() calls for fd from zero; -1 stops counting. */
+static void count_epoll_ctl(int fd)
+{
+    atomic_store(&ctl_adds, 0);
+    atomic_store(&ctl_mods, 0);
+    atomic_store(&ctl_dels, 0);
+    atomic_store(&ctl_fd, fd);
+}
 
 /* ---- Small helpers ---------------------------------------------------------------------- */
 
@@ -1028,7 +1064,9 @@ static void rearm_handler(ioloop_t *loop, int fd, int events, void *arg)
 }
 
 /* Removing and adding the same fd within one iteration leaves one working registration, and
- * the event collected before the removal is not delivered to the new one. */
+ * the event collected before the removal is not delivered to the new one. It is the same
+ * kernel registration, kept: one EPOLL_CTL_MOD for each remove + add, never a DEL and a new
+ * ADD (the epoll set is updated only before the next wait). */
 static void test_loop_remove_add_same_iteration(void **state)
 {
     int before = test_count_fds();
@@ -1040,6 +1078,7 @@ static void test_loop_remove_add_same_iteration(void **state)
     (void)state;
     assert_non_null(loop);
     make_socketpair(c.s);
+    count_epoll_ctl(c.s[0]);
 
     /* Before start: the removal is still pending when the fd comes back. */
     assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, count_handler,
@@ -1057,6 +1096,11 @@ static void test_loop_remove_add_same_iteration(void **state)
     assert_int_equal(st.io_events, REARMS);
     assert_int_equal(st.handlers, 1);
     assert_int_equal(st.epoll_rebuilds, 0);
+    /* The first add, then one MOD per re-add: before start, and REARMS - 1 in the handler. */
+    assert_int_equal(atomic_load(&ctl_adds), 1);
+    assert_int_equal(atomic_load(&ctl_mods), REARMS);
+    assert_int_equal(atomic_load(&ctl_dels), 0);
+    count_epoll_ctl(-1);
 
     assert_int_equal(ioloop_remove_handler(loop, c.s[0]), 0);
     ioloop_free(loop);
@@ -1146,6 +1190,57 @@ static void test_loop_orphaned_registration_rebuilds(void **state)
     close_fd(s[1]);
     close_fd(c.live[0]);
     close_fd(c.live[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+/*
+ * An fd removed and closed while a dup keeps its file open, so that the deferred DEL of the
+ * next iteration fails and the registration stays in the kernel as an orphan; then dup2()
+ * makes the number name that same file again. Registering it takes the orphan over (the
+ * kernel refuses a second registration of the same file and fd) instead of failing with
+ * -EEXIST, and the new handler gets the fd's events: its own, with no stale ones and no
+ * rebuild, on this and later runs.
+ */
+static void test_loop_add_adopts_orphaned_registration(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct orphan_ctx c = {0};
+    int s[2], dup_fd;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(s);
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, count_handler,
+                                        &c.orphan_calls), 0);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    dup_fd = dup(s[0]);
+    assert_true(dup_fd >= 0);
+    close_fd(s[0]);
+    /* One iteration: its DEL meets a closed fd. Nothing is readable, so no event reveals the
+     * orphan and nothing rebuilds the epoll set. */
+    assert_true(ioloop_run_after(loop, 0, stop_cb, NULL) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(dup2(dup_fd, s[0]), s[0]);
+    close_fd(dup_fd);
+
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, orphan_live_handler, &c), 0);
+    for (int round = 1; round <= 2; round++) {
+        write_byte(s[1]);
+        assert_int_equal(ioloop_start(loop), 0);
+        assert_int_equal(c.live_calls, round);
+    }
+    assert_int_equal(c.orphan_calls, 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.io_events, 2);
+    assert_int_equal(st.handlers, 1);
+    assert_int_equal(st.epoll_rebuilds, 0);
+
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    ioloop_free(loop);
+    close_fd(s[0]);
+    close_fd(s[1]);
     assert_int_equal(test_count_fds(), before);
 }
 
@@ -1434,27 +1529,75 @@ static void test_loop_stop_idempotent(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+struct restart_ctx {
+    int p[2];
+    int reads;   /* bytes the handler read, one per run */
+    int rc;      /* the first failure of a write or read, or 0 */
+};
+
+/* Reads the byte made readable in this run and ends the run. */
+static void restart_read_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct restart_ctx *c = arg;
+    char byte;
+
+    if (events != IOLOOP_READ || read(fd, &byte, 1) != 1)
+        c->rc = -1;
+    c->reads++;
+    ioloop_stop(loop);
+}
+
+/* A timer of the restarted run: only now does the fd become readable. */
+static void restart_write_cb(ioloop_t *loop, void *arg)
+{
+    struct restart_ctx *c = arg;
+
+    (void)loop;
+    if (write(c->p[1], "x", 1) != 1)
+        c->rc = -errno;
+}
+
+/* A stopped loop starts again with its registrations: after each restart, an fd registered
+ * before the first start becomes readable and its event arrives (and ends the run). */
 static void test_loop_restart(void **state)
 {
     int before = test_count_fds();
     ioloop_t *loop = ioloop_new();
-    int stops = 0, calls = 0, p[2];
+    struct restart_ctx c = {0};
+    int stops = 0, guard = 0;
+    int64_t guard_id;
+    ioloop_stats_t st;
 
     (void)state;
     assert_non_null(loop);
-    make_pipe(p);
-    /* A registration survives the restarts. */
-    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, count_handler, &calls), 0);
+    make_pipe(c.p);
+    assert_int_equal(ioloop_add_handler(loop, c.p[0], IOLOOP_READ, restart_read_handler, &c),
+                     0);
+    /* The first run ends by a timer, with nothing readable. */
+    assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+    assert_int_equal(c.reads, 0);
+
     for (int round = 1; round <= 3; round++) {
-        assert_true(ioloop_run_after(loop, 0, stop_cb, &stops) > 0);
+        /* Ends a run whose event never comes, so that a failure does not hang the test. */
+        guard_id = ioloop_run_after(loop, 5000, stop_cb, &guard);
+        assert_true(guard_id > 0);
+        assert_true(ioloop_run_after(loop, 0, restart_write_cb, &c) > 0);
         assert_int_equal(ioloop_start(loop), 0);
-        assert_int_equal(stops, round);
+        assert_int_equal(guard, 0);
+        assert_int_equal(c.rc, 0);
+        assert_int_equal(c.reads, round);
+        assert_int_equal(ioloop_cancel_timer(loop, guard_id), 0);
     }
-    assert_int_equal(calls, 0);
-    assert_int_equal(ioloop_remove_handler(loop, p[0]), 0);
+    get_stats(loop, &st);
+    assert_int_equal(st.io_events, 3);
+    assert_int_equal(stops, 1);
+
+    assert_int_equal(ioloop_remove_handler(loop, c.p[0]), 0);
     ioloop_free(loop);
-    close_fd(p[0]);
-    close_fd(p[1]);
+    close_fd(c.p[0]);
+    close_fd(c.p[1]);
     assert_int_equal(test_count_fds(), before);
 }
 
@@ -2118,6 +2261,64 @@ static void test_loop_stats_max_lag(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* ---- Loop data ------------------------------------------------------------------------- */
+
+struct data_ctx {
+    int efd;
+    void *seen;                 /* what the loop's thread read */
+    int a, b;                   /* the markers attached */
+};
+
+/* In the loop's thread: reads what the owner attached before the start, attaches another. */
+static void data_swap_cb(ioloop_t *loop, void *arg)
+{
+    struct data_ctx *c = arg;
+    uint64_t one = 1;
+
+    c->seen = ioloop_data(loop);
+    ioloop_set_data(loop, &c->b);
+    if (write(c->efd, &one, sizeof one) != (ssize_t)sizeof one)
+        abort();
+}
+
+static void test_loop_data(void **state)
+{
+    int before = test_count_fds();
+    static struct data_ctx c;
+    test_loop_thread_t t;
+    ioloop_t *loop = ioloop_new();
+    uint64_t v;
+
+    (void)state;
+    assert_non_null(loop);
+    assert_null(ioloop_data(NULL));
+    ioloop_set_data(NULL, &c.a); /* ignored */
+    /* NULL until set; the owner may set it before the loop runs. */
+    assert_null(ioloop_data(loop));
+    ioloop_set_data(loop, &c.a);
+    assert_ptr_equal(ioloop_data(loop), &c.a);
+
+    c.efd = eventfd(0, EFD_CLOEXEC);
+    assert_true(c.efd >= 0);
+    start_in_thread(&t, loop);
+    assert_int_equal(ioloop_add_callback(loop, data_swap_cb, &c), 0);
+    assert_int_equal(read(c.efd, &v, sizeof v), sizeof v);
+    assert_ptr_equal(c.seen, &c.a);
+    /* Readable from another thread while the loop runs. */
+    assert_ptr_equal(ioloop_data(loop), &c.b);
+
+    ioloop_stop(loop);
+    assert_int_equal(test_loop_thread_join(&t), 0);
+    assert_ptr_equal(ioloop_data(loop), &c.b);
+    ioloop_set_data(loop, NULL);
+    assert_null(ioloop_data(loop));
+    /* The library never touches it: freeing the loop frees nothing of the application's. */
+    ioloop_set_data(loop, &c.a);
+    ioloop_free(loop);
+    close_fd(c.efd);
+    assert_int_equal(test_count_fds(), before);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2140,6 +2341,7 @@ int main(void)
         cmocka_unit_test(test_loop_reused_fd_skips_batch_event),
         cmocka_unit_test(test_loop_remove_add_same_iteration),
         cmocka_unit_test(test_loop_orphaned_registration_rebuilds),
+        cmocka_unit_test(test_loop_add_adopts_orphaned_registration),
         cmocka_unit_test(test_loop_update_skips_excluded_batch_event),
         cmocka_unit_test(test_loop_handler_changes_handlers),
         cmocka_unit_test(test_loop_stop_from_callback),
@@ -2158,6 +2360,7 @@ int main(void)
         cmocka_unit_test(test_loop_stats_timers),
         cmocka_unit_test(test_loop_stats_callbacks_and_wakeups),
         cmocka_unit_test(test_loop_stats_max_lag),
+        cmocka_unit_test(test_loop_data),
     };
     struct rlimit rl;
 

@@ -20,6 +20,7 @@
 #include <cmocka.h>
 
 #include <arpa/inet.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -964,6 +965,59 @@ static void test_server_free_with_pending_output(void **state)
 
 /* ---- Unix sockets and IPv6 -------------------------------------------------------------- */
 
+/*
+ * Fault injection: this binary's listen() is the one the library calls (the tests link the
+ * static library), so a test can make it fail once after a successful bind().
+ */
+static atomic_int listen_fail_errno;
+
+int listen(int fd, int backlog)
+{
+    static int (*real_listen)(int, int);
+    int err = atomic_exchange(&listen_fail_errno, 0);
+
+    if (err != 0) {
+        errno = err;
+        return -1;
+    }
+    if (real_listen == NULL)
+        *(void **)&real_listen = dlsym(RTLD_NEXT, "listen"); /* POSIX's dlsym idiom */
+    return real_listen(fd, backlog);
+}
+
+/* listen() failing after bind() created the socket file: the file is ours and goes too
+ * (it used to be left behind, making every later bind to that path fail). */
+static void test_server_unix_listen_failure_removes_file(void **state)
+{
+    int fds = test_count_fds();
+    ioloop_pool_t *pool = ioloop_pool_new(1);
+    char dir[] = "/tmp/ioloop-server-XXXXXX";
+    char path[sizeof ((struct sockaddr_un *)0)->sun_path];
+    char address[sizeof "unix:" + sizeof path];
+    ioloop_server_t *server;
+
+    (void)state;
+    assert_non_null(pool);
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/fail.sock", dir);
+    snprintf(address, sizeof address, "unix:%s", path);
+    atomic_store(&listen_fail_errno, ENOBUFS);
+    server = ioloop_server_new(pool, address, &echo_handlers, NULL);
+    assert_null(server);
+    assert_int_equal(errno, ENOBUFS);
+    assert_int_equal(atomic_load(&listen_fail_errno), 0); /* listen() was reached */
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(errno, ENOENT);
+    /* The path is free: the next server binds it. */
+    server = ioloop_server_new(pool, address, &echo_handlers, NULL);
+    assert_non_null(server);
+    ioloop_server_free(server);
+    assert_int_equal(access(path, F_OK), -1);
+    assert_int_equal(rmdir(dir), 0);
+    ioloop_pool_free(pool);
+    assert_int_equal(test_count_fds(), fds);
+}
+
 static void test_server_unix_echo(void **state)
 {
     int fds = test_count_fds();
@@ -1360,6 +1414,7 @@ int main(void)
         cmocka_unit_test(test_server_free_closes_connections),
         cmocka_unit_test(test_server_free_with_pending_output),
         cmocka_unit_test(test_server_unix_echo),
+        cmocka_unit_test(test_server_unix_listen_failure_removes_file),
         cmocka_unit_test(test_server_ipv6_echo),
         cmocka_unit_test_teardown(test_server_fd_exhaustion_no_spin, exhaustion_teardown),
     };

@@ -414,13 +414,80 @@ static void test_signal_remove_restores_mask(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* What a thread's mask looked like around ioloop_free() of a loop that handled signals. */
+struct free_mask_probe {
+    int rc_add[2];
+    int usr1_before, usr1_handled, usr1_after;
+    int usr2_handled, usr2_after;
+    int fds_before, fds_after;
+};
+
+/* 1 if signo is blocked in the calling thread, 0 if not, -1 on error (no cmocka here). */
+static int blocked_here(int signo)
+{
+    sigset_t set;
+
+    if (pthread_sigmask(SIG_SETMASK, NULL, &set) != 0)
+        return -1;
+    return sigismember(&set, signo);
+}
+
+/* In a thread of its own, so that its mask starts as the test's and changes only there:
+ * SIGUSR2 is blocked before the loop takes it, SIGUSR1 is not; the loop is freed with both. */
+static void *free_mask_thread(void *arg)
+{
+    struct free_mask_probe *p = arg;
+    ioloop_t *loop;
+    sigset_t only;
+
+    p->fds_before = test_count_fds();
+    sigemptyset(&only);
+    sigaddset(&only, SIGUSR2);
+    if (pthread_sigmask(SIG_BLOCK, &only, NULL) != 0 || (loop = ioloop_new()) == NULL)
+        return NULL;
+    p->usr1_before = blocked_here(SIGUSR1);
+    p->rc_add[0] = ioloop_add_signal(loop, SIGUSR1, noop_signal, NULL);
+    p->rc_add[1] = ioloop_add_signal(loop, SIGUSR2, noop_signal, NULL);
+    p->usr1_handled = blocked_here(SIGUSR1);
+    p->usr2_handled = blocked_here(SIGUSR2);
+    ioloop_free(loop);
+    p->usr1_after = blocked_here(SIGUSR1);
+    p->usr2_after = blocked_here(SIGUSR2);
+    p->fds_after = test_count_fds();
+    return NULL;
+}
+
+/* ioloop_free() puts the calling thread's mask back as ioloop_remove_signal() does: a signal
+ * the loop blocked is unblocked again, one blocked before ioloop_add_signal() stays blocked. */
+static void test_signal_free_restores_mask(void **state)
+{
+    struct free_mask_probe p = {.rc_add = {1, 1}, .usr1_before = -1, .usr1_handled = -1,
+                                .usr1_after = -1, .usr2_handled = -1, .usr2_after = -1};
+    pthread_t thread;
+    sigset_t saved;
+
+    (void)state;
+    save_mask(&saved);
+    assert_int_equal(pthread_create(&thread, NULL, free_mask_thread, &p), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    assert_int_equal(p.rc_add[0], 0);
+    assert_int_equal(p.rc_add[1], 0);
+    assert_int_equal(p.usr1_before, 0);
+    assert_int_equal(p.usr1_handled, 1);
+    assert_int_equal(p.usr2_handled, 1);
+    assert_int_equal(p.usr1_after, 0);
+    assert_int_equal(p.usr2_after, 1);
+    assert_int_equal(p.fds_after, p.fds_before);
+    restore_mask(&saved);
+}
+
 static void test_signal_fds_restored(void **state)
 {
     int before = test_count_fds();
     ioloop_t *loop = ioloop_new();
     ioloop_stats_t s;
     sigset_t saved;
-    int with_loop, first_round = -1;
+    int with_loop;
 
     (void)state;
     save_mask(&saved);
@@ -428,19 +495,19 @@ static void test_signal_fds_restored(void **state)
     with_loop = test_count_fds();
     assert_int_equal(ioloop_add_signal(loop, SIGUSR1, noop_signal, NULL), 0);
     assert_int_equal(ioloop_add_signal(loop, SIGUSR2, noop_signal, NULL), 0);
-    assert_true(test_count_fds() >= with_loop);
+    /* One signalfd serves every signal of the loop. */
+    assert_int_equal(test_count_fds(), with_loop + 1);
     memset(&s, 0, sizeof s);
     ioloop_get_stats(loop, &s);
     assert_int_equal(s.handlers, 0); /* signals are not application fd handlers */
     assert_int_equal(ioloop_remove_signal(loop, SIGUSR1), 0);
 
-    /* Adding and removing over and over holds no more fds than once. */
+    /* Adding and removing over and over holds that same signalfd and nothing more. */
     for (int i = 0; i < 100; i++) {
         assert_int_equal(ioloop_add_signal(loop, SIGHUP, noop_signal, NULL), 0);
+        assert_int_equal(test_count_fds(), with_loop + 1);
         assert_int_equal(ioloop_remove_signal(loop, SIGHUP), 0);
-        if (first_round < 0)
-            first_round = test_count_fds();
-        assert_int_equal(test_count_fds(), first_round);
+        assert_int_equal(test_count_fds(), with_loop + 1);
     }
 
     /* Freed with SIGUSR2 still registered: every fd goes, and the signal is free again. */
@@ -466,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_signal_free_releases_signal),
         cmocka_unit_test(test_signal_einval),
         cmocka_unit_test(test_signal_remove_restores_mask),
+        cmocka_unit_test(test_signal_free_restores_mask),
         cmocka_unit_test(test_signal_fds_restored),
     };
     const int used[] = { SIGUSR1, SIGUSR2, SIGHUP };

@@ -36,6 +36,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include <ioloop/export.h>
@@ -107,33 +108,78 @@ typedef struct ioloop_server_stats {
                                 closed (or could not take them) before its loop wrote them */
 } ioloop_server_stats_t;
 
+/**
+ * How a server accepts; see ioloop_server_new_opts(). Zero fields mean the defaults, so
+ * `(ioloop_server_options_t){.reuseport = 1}` changes one thing.
+ */
+typedef struct ioloop_server_options {
+    int      backlog;     /**< listen(2) backlog; 0: 4096, capped by the kernel's somaxconn */
+    int      reuseport;   /**< 0: one acceptor thread hands connections round-robin to the
+                               pool's loops (the default); 1: one SO_REUSEPORT listener per
+                               pool loop, each loop accepting its own connections (no
+                               acceptor thread, no hand-off; the kernel spreads clients over
+                               the listeners, and over the processes of ioloop_prefork()) */
+    unsigned max_conns;   /**< 0: no limit; else connections beyond it are accepted and
+                               closed at once (counted in stats.refused) */
+    size_t   max_input;   /**< per-connection input limit; 0: IOLOOP_CONN_MAX_INPUT */
+    size_t   max_output;  /**< per-connection output limit; 0: IOLOOP_CONN_MAX_OUTPUT */
+    int      proxy_protocol; /**< 1: every connection starts with a PROXY protocol v1 or v2
+                                  header (HAProxy's spec), read and removed before on_open */
+} ioloop_server_options_t;
+
 /* ---- Servers ---------------------------------------------------------------------------- */
 
 /**
- * Binds and listens on `address` (SO_REUSEADDR, backlog 4096 capped by the kernel's somaxconn).
+ * Binds and listens on `address` (SO_REUSEADDR, TCP_NODELAY, which accepted sockets inherit).
  * For "unix:" a leftover socket file nobody listens on is replaced; any other existing file is
  * EADDRINUSE. Accepted connections go to the loops of `pool` with `handlers` (copied); `user`
- * is what ioloop_conn_user() returns for them. Nothing is accepted until ioloop_server_start().
+ * is what ioloop_conn_user() returns for them. Nothing is accepted until ioloop_server_start()
+ * (the kernel queues clients meanwhile). The pool must outlive the server, or be freed first
+ * (see ioloop_server_free()).
+ * `options` may be NULL (the defaults). With reuseport, every listener ends up on the same
+ * port, also for port 0 (ioloop_server_port() tells it).
  * Returns the server, or NULL with errno: EINVAL (NULL pool or handlers, no on_data, malformed
- * address), EADDRINUSE, EACCES, EMFILE, ENOMEM.
+ * address, a negative backlog, reuseport or proxy_protocol other than 0 or 1, reuseport with a
+ * "unix:" address), EADDRINUSE, EACCES, EMFILE, ENOMEM.
  * Any thread; that thread owns the server.
  */
+IOLOOP_EXPORT ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address,
+                                                      const ioloop_conn_handlers_t *handlers,
+                                                      void *user,
+                                                      const ioloop_server_options_t *options);
+
+/** ioloop_server_new_opts() with the default options. */
 IOLOOP_EXPORT ioloop_server_t *ioloop_server_new(ioloop_pool_t *pool, const char *address,
                                                  const ioloop_conn_handlers_t *handlers,
                                                  void *user);
 
 /**
- * Starts the acceptor thread. It accepts (non-blocking, close-on-exec, TCP_NODELAY) in bounded
- * batches and hands each batch to the pool's loops round-robin, one callback per loop per
- * batch. When accept fails for lack of fds it sheds the pending connection (a reserve fd),
- * pauses accepting for 100 ms so it cannot spin, and logs a warning at most once a second.
- * Returns 0, -EINVAL (NULL), -EALREADY (already started), or a negative errno from creating
- * the thread. The owning thread.
+ * Starts accepting. Default mode: the acceptor thread accepts (non-blocking, close-on-exec) in
+ * batches of up to 64 and hands each batch to the pool's loops round-robin, one callback per
+ * loop per batch; each loop makes its connections itself. Reuseport mode: each pool loop
+ * watches its own listener and accepts in its own thread; this call returns once all do.
+ * Either way, when accept fails for lack of fds the pending connection is shed (a reserve fd:
+ * the client sees a close, not a hang; counted in stats.refused), accepting pauses for 100 ms
+ * so it cannot spin, and a warning is logged at most once a second; a connection accepted
+ * while max_conns are open is closed at once (stats.refused).
+ * Returns 0, -EINVAL (NULL), -EALREADY (already started), -ESHUTDOWN (drained, or its pool
+ * was freed), or a negative errno from creating the thread or watching a listener. The owning
+ * thread; never a pool loop (-EDEADLK).
  */
 IOLOOP_EXPORT int ioloop_server_start(ioloop_server_t *server);
 
 /** Returns the bound TCP port (useful after ":0"), or -EINVAL (NULL or a unix socket). [any thread] */
 IOLOOP_EXPORT int ioloop_server_port(const ioloop_server_t *server);
+
+/**
+ * Graceful stop: stops accepting — what is already queued in the listeners is accepted first,
+ * so no client that connected is reset, and the listeners are closed when this returns —
+ * then lets the open connections finish on their own. Returns 0 once none is left, or, when
+ * `timeout_ms` passed first, the number still open (> 0); ioloop_server_free() then closes
+ * those with -ECANCELED. -EINVAL (NULL). Calling it again waits again. The owning thread;
+ * never a pool loop (-EDEADLK), which it would wait for.
+ */
+IOLOOP_EXPORT int ioloop_server_drain(ioloop_server_t *server, uint64_t timeout_ms);
 
 /**
  * Copies `len` bytes and queues them for the connection `conn_id` of this server; its loop
@@ -172,8 +218,11 @@ IOLOOP_EXPORT void ioloop_server_get_stats(const ioloop_server_t *server,
 /**
  * Stops the acceptor, closes the listener (removing a unix socket file), closes every
  * connection the server accepted — each gets on_close(conn, -ECANCELED) in its own loop's
- * thread (or, for a loop that no longer runs, when ioloop_free() closes it) — and returns
- * after all of them, then frees the server. NULL is fine. The owning thread; never one of the
+ * thread — and returns after all of them, then frees the server. Teardown may come in either
+ * order: when ioloop_pool_free() ran first, it already stopped the acceptor and closed the
+ * connections (in its own thread), and this only frees the server. A loop of the pool that
+ * was stopped some other way is not running any more: its connections of this server are
+ * closed in the calling thread instead. NULL is fine. The owning thread; never one of the
  * pool's loops, which it waits for (that aborts with a message).
  */
 IOLOOP_EXPORT void ioloop_server_free(ioloop_server_t *server);
@@ -276,6 +325,25 @@ IOLOOP_EXPORT size_t ioloop_conn_pending(const ioloop_conn_t *conn);
  * from any thread. 0 for NULL.
  */
 IOLOOP_EXPORT uint64_t ioloop_conn_id(const ioloop_conn_t *conn);
+
+/**
+ * Copies the peer's address into *addr and its length into *len (at most the *len given, as
+ * getpeername() does): the proxied client's when the server reads PROXY protocol headers.
+ * Returns 0, -EINVAL (NULL conn, addr or len), -ENOTCONN (an outgoing connection not yet
+ * open), or getpeername()'s negative errno. Loop thread.
+ */
+IOLOOP_EXPORT int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_storage *addr,
+                                   socklen_t *len);
+
+/**
+ * Formats a socket address: "1.2.3.4:5678", "[::1]:80", "unix:/path" ("unix:" for an unnamed
+ * socket, "unix:@name" for an abstract one). Writes the string and its NUL into buf and
+ * returns its length (without the NUL), -ENOSPC if size is not larger than that length
+ * (buf then holds nothing useful), -EINVAL (NULL addr or buf, a length too short for the
+ * family, a family other than AF_INET, AF_INET6, AF_UNIX). [any thread]
+ */
+IOLOOP_EXPORT int ioloop_address_format(const struct sockaddr *addr, socklen_t len, char *buf,
+                                        size_t size);
 
 /** Returns the socket fd (the connection owns it: do not close it), or -EINVAL for NULL. */
 IOLOOP_EXPORT int ioloop_conn_fd(const ioloop_conn_t *conn);

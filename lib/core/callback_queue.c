@@ -25,10 +25,27 @@
 
 #include <errno.h>
 #include <sched.h>
+#include <stdalign.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+/* Where the queue sits in the loop (see struct ioloop_cbq): the lock starts a cache line that
+ * ends before the loop's own part of the queue, and the timers end on an earlier line. */
+_Static_assert(alignof(struct ioloop) >= IOLOOP__CACHE_LINE,
+               "offsets within the loop are offsets within its cache lines");
+_Static_assert(offsetof(struct ioloop, cbq.lock) % IOLOOP__CACHE_LINE == 0,
+               "the producers' lock starts a cache line");
+_Static_assert((offsetof(struct ioloop, timers) + sizeof(struct ioloop_timers) - 1) /
+                       IOLOOP__CACHE_LINE <
+                   offsetof(struct ioloop, cbq.lock) / IOLOOP__CACHE_LINE,
+               "the timers end on a cache line before the producers' lock");
+_Static_assert(offsetof(struct ioloop, cbq.spare) % IOLOOP__CACHE_LINE == 0 &&
+                   offsetof(struct ioloop, cbq.spare) / IOLOOP__CACHE_LINE >
+                       offsetof(struct ioloop, cbq.efd) / IOLOOP__CACHE_LINE,
+               "the loop's part of the queue starts after the producers' lines");
 
 /* Spins this many times before yielding: long enough for a holder that runs on another core
  * to finish its few stores, short enough not to burn a slice when the holder was preempted

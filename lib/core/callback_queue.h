@@ -6,6 +6,7 @@
 #ifndef IOLOOP_LIB_CALLBACK_QUEUE_H
 #define IOLOOP_LIB_CALLBACK_QUEUE_H
 
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -27,8 +28,9 @@ enum ioloop_cbq_state {
 #define IOLOOP__CACHE_LINE 64
 
 struct ioloop_cbq {
-    /* Shared with posting threads. */
-    atomic_int lock;
+    /* Shared with posting threads, on cache lines of their own: nothing the loop writes every
+     * iteration (the timers before the queue in struct ioloop) bounces the line of the lock. */
+    alignas(IOLOOP__CACHE_LINE) atomic_int lock;
     _Atomic int state;             /* enum ioloop_cbq_state; written under the lock */
     _Atomic size_t len;            /* queued callbacks; written under the lock */
     bool wake_pending;             /* no post needs to write the eventfd: one is outstanding,
@@ -37,11 +39,10 @@ struct ioloop_cbq {
     size_t cap;
     _Atomic int waking;            /* threads between deciding to wake and their write */
     int efd;
-    /* Padding, not _Alignas: the loop is calloc'd, aligned for max_align_t only. It keeps the
-     * loop's fields below off the line producers write, so draining does not bounce it. */
-    char pad[IOLOOP__CACHE_LINE];
-    /* The loop thread's own. */
-    struct ioloop_cbq_item *spare; /* the loop's array, swapped with items by each drain */
+    /* The loop thread's own, off the producers' lines, so that draining does not bounce them.
+     * (The loop is allocated with its alignment: see ioloop_new().) */
+    alignas(IOLOOP__CACHE_LINE) struct ioloop_cbq_item *spare; /* the loop's array, swapped
+                                                                * with items by each drain */
     size_t spare_cap;
     bool due;                      /* the eventfd fired this iteration */
 };

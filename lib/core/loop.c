@@ -19,11 +19,15 @@
  * the fd and, level-triggered, reports its events on every wait. Every ADD bumps the slot's
  * generation and the generation travels in epoll_data beside the fd, so such an event matches
  * no live registration. The loop then rebuilds its epoll set from the table, which is the only
- * way to drop a registration whose fd is gone.
+ * way to drop a registration whose fd is gone. If the fd number comes to name that file again
+ * (dup2 from the duplicate) before an event gave the orphan away, registering the fd meets it:
+ * ADD fails with EEXIST, and a MOD adopts the orphan under the new generation.
  */
 #include "core/loop.h"
 
 #include <errno.h>
+#include <sched.h>
+#include <stdalign.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -59,10 +63,21 @@ uint64_t ioloop__clock_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/*
+ * The states of loop->running. A start moves it from LOOP_IDLE to LOOP_STARTING, stores its
+ * thread as the owner, and only then moves it to LOOP_RUNNING (release): a thread that sees
+ * LOOP_RUNNING sees the new owner too. LOOP_STARTING means the loop is about to run in some
+ * other thread (the starting thread itself never sees it), so the check refuses everyone.
+ */
+enum { LOOP_IDLE, LOOP_STARTING, LOOP_RUNNING };
+
 int ioloop__check_thread(const ioloop_t *loop)
 {
-    if (atomic_load_explicit(&loop->running, memory_order_acquire) &&
-        atomic_load_explicit(&loop->owner, memory_order_relaxed) != self())
+    int running = atomic_load_explicit(&loop->running, memory_order_acquire);
+
+    if (running == LOOP_STARTING ||
+        (running == LOOP_RUNNING &&
+         atomic_load_explicit(&loop->owner, memory_order_relaxed) != self()))
         return -EPERM;
     return 0;
 }
@@ -84,11 +99,14 @@ uint32_t ioloop__uid_reserve(unsigned n)
 
 ioloop_t *ioloop__new_with_uid(uint32_t uid)
 {
-    ioloop_t *loop = calloc(1, sizeof *loop);
+    /* Aligned as the struct asks (a cache line, for the callback queue's sake); its size is a
+     * multiple of that alignment, as aligned_alloc() wants. */
+    ioloop_t *loop = aligned_alloc(alignof(ioloop_t), sizeof *loop);
     int err;
 
     if (loop == NULL)
         return NULL;
+    memset(loop, 0, sizeof *loop);
     loop->uid = uid;
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
@@ -186,7 +204,10 @@ static bool valid_events(int events)
     return (events & USER_EVENTS) != 0 && (events & ~USER_EVENTS) == 0;
 }
 
-/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0). */
+/* Grows the table so that `fd` has a slot; new slots are zero (unregistered, generation 0).
+ * A new table comes from calloc() and only the used part is copied: a large calloc is fresh
+ * zeroed pages from the kernel, so the slots beyond the highest fd cost no memory until a fd
+ * that high is registered. */
 static int handlers_reserve(ioloop_t *loop, int fd)
 {
     int n = loop->nhandlers ? loop->nhandlers : HANDLERS_MIN;
@@ -196,10 +217,12 @@ static int handlers_reserve(ioloop_t *loop, int fd)
         return 0;
     while (n <= fd)
         n = n > INT32_MAX / 2 ? INT32_MAX : n * 2;
-    table = realloc(loop->handlers, (size_t)n * sizeof *table);
+    table = calloc((size_t)n, sizeof *table);
     if (table == NULL)
         return -ENOMEM;
-    memset(table + loop->nhandlers, 0, (size_t)(n - loop->nhandlers) * sizeof *table);
+    if (loop->nhandlers > 0)
+        memcpy(table, loop->handlers, (size_t)loop->nhandlers * sizeof *table);
+    free(loop->handlers);
     loop->handlers = table;
     loop->nhandlers = n;
     return 0;
@@ -260,7 +283,11 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
     }
     if (!(h->state & IOLOOP__IN_EPOLL)) {
         ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
-        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0)
+        /* EEXIST for a slot we do not hold: the kernel still has this very file under this
+         * fd, an orphan (see the top of this file) that dup2() brought back. Adopt it: MOD
+         * gives it our events and the new generation. */
+        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+            (errno != EEXIST || epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
             return -errno;
         h->gen++;
         h->state |= IOLOOP__IN_EPOLL;
@@ -476,6 +503,8 @@ static void dispatch(ioloop_t *loop, int n)
         if (!(h->events & IOLOOP__HANDLER_INTERNAL))
             delivered++;
         h->fn(loop, fd, ready, h->arg);
+        if (loop->deferred != NULL)
+            run_deferred(loop); /* what the handler wrote goes out now, from a hot buffer */
     }
     ioloop__stat_add(&loop->stats.io_events, delivered);
 }
@@ -491,10 +520,13 @@ static void note_lag(ioloop_t *loop)
 
 /*
  * One iteration: wait for events (not at all if callbacks or deferred work are queued), run the
- * ready fd handlers, then the due timers, then the callbacks queued so far, then the deferred
- * work (connections being closed). The timerfd and the eventfd are handlers like any other;
- * theirs only note that timers or callbacks are due, so that the order above holds whatever
- * order epoll reports them in.
+ * ready fd handlers, then the due timers, then the callbacks queued so far. Deferred work (the
+ * connections' flushes of what was written, their on_close) runs after each fd handler, after
+ * the batch of timers and after the batch of callbacks: output written by a handler reaches
+ * the kernel as soon as that handler returns, while what a batch of timers or callbacks wrote
+ * to one connection goes out together. The timerfd and the eventfd are handlers like any
+ * other; theirs only note that timers or callbacks are due, so that the order above holds
+ * whatever order epoll reports them in.
  */
 static void iterate(ioloop_t *loop)
 {
@@ -516,6 +548,7 @@ static void iterate(ioloop_t *loop)
 
     dispatch(loop, n);
     ioloop__timers_run(loop);
+    run_deferred(loop);
     ioloop__cbq_run(loop);
     run_deferred(loop);
 
@@ -534,13 +567,14 @@ static void iterate(ioloop_t *loop)
 int ioloop_start(ioloop_t *loop)
 {
     ioloop_t *outer;
-    int idle = 0;
+    int idle = LOOP_IDLE;
 
     if (loop == NULL)
         return -EINVAL;
-    if (!atomic_compare_exchange_strong(&loop->running, &idle, 1))
+    if (!atomic_compare_exchange_strong(&loop->running, &idle, LOOP_STARTING))
         return -EBUSY;
     atomic_store_explicit(&loop->owner, self(), memory_order_relaxed);
+    atomic_store_explicit(&loop->running, LOOP_RUNNING, memory_order_release);
     outer = current_loop;
     current_loop = loop;
 
@@ -556,8 +590,14 @@ int ioloop_start(ioloop_t *loop)
     ioloop__cbq_end(loop);
 
     current_loop = outer;
-    atomic_store_explicit(&loop->running, 0, memory_order_release);
+    atomic_store_explicit(&loop->running, LOOP_IDLE, memory_order_release);
     return 0;
+}
+
+void ioloop__wait_stopped(const ioloop_t *loop)
+{
+    while (atomic_load_explicit(&loop->running, memory_order_acquire) != LOOP_IDLE)
+        sched_yield();
 }
 
 void ioloop_stop(ioloop_t *loop)

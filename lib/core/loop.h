@@ -37,10 +37,10 @@ struct ioloop_handler {
     uint32_t gen;           /* bumped by every EPOLL_CTL_ADD; travels in epoll_data */
 };
 
-/* Deferred work: a node embedded in the caller's struct, run by the loop after the queued
- * callbacks of the current iteration (and before start() returns). Deferring cannot fail and
- * allocates nothing; the connection layer uses it to flush gathered output and to run
- * on_close outside any other call. */
+/* Deferred work: a node embedded in the caller's struct, run by the loop once the current fd
+ * handler returned, or after the current batch of timers or of queued callbacks (and before
+ * start() returns). Deferring cannot fail and allocates nothing; the connection layer uses it
+ * to flush gathered output and to run on_close outside any other call. */
 struct ioloop_deferred {
     struct ioloop_deferred *next;
     void (*fn)(ioloop_t *loop, struct ioloop_deferred *node);
@@ -92,7 +92,7 @@ struct ioloop {
     int nevents;
 
     uint64_t now_us;                  /* CLOCK_MONOTONIC, read once per iteration */
-    _Atomic int running;              /* 1 while ioloop_start() runs */
+    _Atomic int running;              /* nonzero while ioloop_start() runs (see loop.c) */
     _Atomic uintptr_t owner;          /* the thread that runs, ran or created the loop */
 
     struct ioloop_timers timers;
@@ -125,7 +125,8 @@ void ioloop__handler_del(ioloop_t *loop, int fd);
  * threads may be opening fds (a connection's), whose number must not be used after the close. */
 void ioloop__handler_del_now(ioloop_t *loop, int fd);
 
-/* Queues `node` to run after this iteration's callbacks. Loop thread; never fails. */
+/* Queues `node` to run after the current handler or batch (see above). Loop thread; never
+ * fails. */
 void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node);
 /* Runs deferred work until none is left (what it defers runs too). Loop thread. */
 void ioloop__run_deferred_all(ioloop_t *loop);
@@ -142,6 +143,11 @@ ioloop_t *ioloop__new_with_uid(uint32_t uid);
 
 /* 0 if the calling thread may use the loop's thread-only functions now, else -EPERM. */
 int ioloop__check_thread(const ioloop_t *loop);
+
+/* After ioloop_stop() (ioloop_add_callback() said -ESHUTDOWN): waits until the start it ends,
+ * if one runs, has returned, so that the calling thread may act for the loop. Short: the
+ * loop finishes one iteration and its queued callbacks. Any thread. */
+void ioloop__wait_stopped(const ioloop_t *loop);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 uint64_t ioloop__clock_ns(void);

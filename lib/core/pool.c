@@ -29,6 +29,7 @@ struct ioloop_pool {
     pthread_mutex_t lock;
     pthread_cond_t running_cond;
     int running;                /* loops that have started; under lock */
+    struct ioloop_pool_user users; /* list head: servers on this pool; under lock */
     struct pool_worker workers[];
 };
 
@@ -62,6 +63,7 @@ ioloop_pool_t *ioloop_pool_new(int nloops)
     if (pool == NULL)
         return NULL;
     pool->size = nloops;
+    pool->users.prev = pool->users.next = &pool->users;
     pool->first_uid = ioloop__uid_reserve((unsigned)nloops);
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->running_cond, NULL);
@@ -128,10 +130,41 @@ ioloop_t *ioloop_pool_next(ioloop_pool_t *pool)
     return ioloop__pool_next(pool, &index);
 }
 
+void ioloop__pool_attach(ioloop_pool_t *pool, struct ioloop_pool_user *user)
+{
+    pthread_mutex_lock(&pool->lock);
+    user->prev = pool->users.prev;
+    user->next = &pool->users;
+    pool->users.prev->next = user;
+    pool->users.prev = user;
+    pthread_mutex_unlock(&pool->lock);
+}
+
+void ioloop__pool_detach(ioloop_pool_t *pool, struct ioloop_pool_user *user)
+{
+    pthread_mutex_lock(&pool->lock);
+    user->prev->next = user->next;
+    user->next->prev = user->prev;
+    user->prev = user->next = user;
+    pthread_mutex_unlock(&pool->lock);
+}
+
 void ioloop_pool_free(ioloop_pool_t *pool)
 {
     if (pool == NULL)
         return;
+    /* Users first, while the loops still run: a server stops feeding them. */
+    for (;;) {
+        struct ioloop_pool_user *user;
+
+        pthread_mutex_lock(&pool->lock);
+        user = pool->users.next != &pool->users ? pool->users.next : NULL;
+        pthread_mutex_unlock(&pool->lock);
+        if (user == NULL)
+            break;
+        ioloop__pool_detach(pool, user);
+        user->detach(user);
+    }
     for (int i = 0; i < pool->size; i++)
         if (pool->workers[i].started)
             ioloop_stop(pool->workers[i].loop);

@@ -6,7 +6,7 @@
  *
  * A signal reaches a signalfd only while it is blocked: ioloop_add_signal() blocks it in the
  * calling thread and remembers whether it was blocked before, so that ioloop_remove_signal()
- * can put the mask back as it found it.
+ * and ioloop_free() can put the mask back as they found it.
  */
 #include "core/loop.h"
 
@@ -158,13 +158,21 @@ int ioloop_remove_signal(ioloop_t *loop, int signo)
 void ioloop__signals_fini(ioloop_t *loop)
 {
     struct ioloop_signals *s = loop->signals;
+    sigset_t unblock;
 
     if (s == NULL)
         return;
+    sigemptyset(&unblock);
     pthread_mutex_lock(&registry_lock);
-    for (int signo = 1; signo < _NSIG; signo++)
-        if (registry[signo] == loop)
-            registry[signo] = NULL;
+    for (int signo = 1; signo < _NSIG; signo++) {
+        if (registry[signo] != loop)
+            continue;
+        registry[signo] = NULL;
+        if (!s->handlers[signo].was_blocked)
+            sigaddset(&unblock, signo);
+    }
+    /* As ioloop_remove_signal() does for each: the calling thread's mask as it was before. */
+    pthread_sigmask(SIG_UNBLOCK, &unblock, NULL);
     pthread_mutex_unlock(&registry_lock);
     close(s->sfd);
     free(s);

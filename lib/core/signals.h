@@ -7,7 +7,8 @@
 
 struct ioloop_signals;
 
-/* Releases the loop's signals (registry entries, signalfd). Masks are left as they are. */
+/* Releases the loop's signals (registry entries, signalfd) and, as ioloop_remove_signal()
+ * does, unblocks in the calling thread each one that was not blocked before the loop took it. */
 void ioloop__signals_fini(ioloop_t *loop);
 
 #endif /* IOLOOP_LIB_SIGNAL_H */

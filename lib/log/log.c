@@ -375,7 +375,6 @@ static void fork_child(void)
 {
     int st = atomic_load_explicit(&L.state, memory_order_relaxed);
 
-    ioloop__log_format_forget_tid();
     init_conds();
     release_fronts_locked(my_front, true);
     atomic_store(&L.backlog, 0);

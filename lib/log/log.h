@@ -170,7 +170,4 @@ size_t ioloop__log_format(char *dst, size_t room, ioloop_log_level_t level, cons
 size_t ioloop__log_vformat(char *dst, size_t cap, const char *fmt, va_list ap)
     __attribute__((format(printf, 3, 0)));
 
-/* Forgets the calling thread's cached thread id: a fork child's thread has a new one. */
-void ioloop__log_format_forget_tid(void);
-
 #endif /* IOLOOP_LIB_LOG_H */

@@ -5,8 +5,9 @@
  *     |<- cached per second ->|         |<->| cached per thread (gettid)
  *
  * The date and time down to the second are formatted once per second per thread and copied
- * otherwise; only the microseconds are formatted each time. The thread id and the base name of
- * the last source file are cached per thread too.
+ * otherwise; only the microseconds are formatted each time. The thread id is cached per thread
+ * too (and forgotten in a fork child). The source file's base name is found for every line (a few nanoseconds): a caller may
+ * pass one buffer holding different names, so a name cannot be remembered by its pointer.
  *
  * The message goes through a printf-compatible formatter with a fast path for the conversions
  * log lines are made of: d i u x X o c s p f F and %%, with the flags - + space 0, a width and
@@ -20,6 +21,7 @@
 #include "log/log.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
@@ -43,9 +45,6 @@ static _Thread_local char stamp[STAMP_MAX];
 static _Thread_local size_t stamp_len;
 static _Thread_local char tid_text[TID_MAX];
 static _Thread_local size_t tid_len;
-static _Thread_local const char *base_file;
-static _Thread_local const char *base_name;
-static _Thread_local size_t base_len;
 
 static const char level_names[][6] = {
     [IOLOOP_LOG_DEBUG] = "DEBUG",
@@ -59,9 +58,24 @@ static const char digit_pairs[201] =
     "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
     "8081828384858687888990919293949596979899";
 
-void ioloop__log_format_forget_tid(void)
+/* Set when the library loads, if forget_tid() is registered to run in every fork child. */
+static bool tid_cacheable;
+
+/* A fork child's thread has an id of its own. */
+static void forget_tid(void)
 {
     tid_len = 0;
+}
+
+/*
+ * Registers forget_tid() for every fork child, whether or not the logger is ever opened (the
+ * logger's own fork handlers come only with ioloop_log_open()). At load time, so that it runs
+ * in a child before any child handler the application registers later, which may log. If it
+ * cannot be registered (no memory), the thread id is looked up for every line instead.
+ */
+__attribute__((constructor)) static void register_forget_tid(void)
+{
+    tid_cacheable = pthread_atfork(NULL, NULL, forget_tid) == 0;
 }
 
 /* Writes v in decimal so that it ends just before `end`; returns where it starts. */
@@ -546,13 +560,14 @@ static void cache_tid(void)
     memmove(tid_text, start, tid_len);
 }
 
-static void cache_base(const char *file)
+/* The base name of `file` (what follows its last '/'), and its length cut at BASE_MAX. */
+static const char *base_name(const char *file, size_t *len)
 {
     const char *slash = strrchr(file, '/');
+    const char *base = slash != NULL ? slash + 1 : file;
 
-    base_file = file;
-    base_name = slash != NULL ? slash + 1 : file;
-    base_len = strnlen(base_name, BASE_MAX);
+    *len = strnlen(base, BASE_MAX);
+    return base;
 }
 
 /*
@@ -565,14 +580,12 @@ static size_t put_prefix(char *dst, size_t limit, ioloop_log_level_t level, cons
 {
     struct timespec now;
     char num[24], *nstart;
-    size_t nline, len;
+    const char *base;
+    size_t nline, len, base_len;
     int lv = level >= IOLOOP_LOG_DEBUG && level <= IOLOOP_LOG_ERROR ? (int)level : IOLOOP_LOG_ERROR;
 
-    if (file == NULL)
-        file = "?";
-    if (file != base_file)
-        cache_base(file);
-    if (tid_len == 0)
+    base = base_name(file != NULL ? file : "?", &base_len);
+    if (tid_len == 0 || !tid_cacheable)
         cache_tid();
     clock_gettime(CLOCK_REALTIME, &now);
     if (now.tv_sec != stamp_sec)
@@ -594,7 +607,7 @@ static size_t put_prefix(char *dst, size_t limit, ioloop_log_level_t level, cons
     len += 6;
     memcpy(dst + len, tid_text, tid_len);
     len += tid_len;
-    memcpy(dst + len, base_name, base_len);
+    memcpy(dst + len, base, base_len);
     len += base_len;
     dst[len++] = ':';
     memcpy(dst + len, nstart, nline);

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/strerror.h"
 #include "core/thread.h"
 
 #define L ioloop__log
@@ -131,13 +132,10 @@ static void write_batch(struct writer *w)
         return;
     err = ioloop__log_write_all(w->fd, w->iov, w->niov);
     if (err != 0) {
-        if (!w->failing) {
-            char why[128];
-
+        if (!w->failing)
             complain("ioloop_log: writing to %s failed: %s; lines go to standard error until "
                      "it works again", L.path != NULL ? L.path : "standard error",
-                     strerror_r(-err, why, sizeof why));
-        }
+                     ioloop__strerror(-err));
         w->failing = true;
         if (w->fd != STDERR_FILENO)
             (void)ioloop__log_write_all(STDERR_FILENO, w->iov, w->niov);
@@ -159,7 +157,6 @@ static void rolled_name(char *dst, unsigned n)
 /* path.N -> path.N+1 for every N, path -> path.1, and a fresh path. The batch is empty. */
 static void roll(struct writer *w)
 {
-    char why[128];
     int fd;
 
     w->size = 0; /* even on failure: try again after another roll_bytes */
@@ -170,14 +167,14 @@ static void roll(struct writer *w)
     }
     rolled_name(w->to, 1);
     if (rename(L.path, w->to) != 0) {
-        complain("ioloop_log: cannot roll %s: %s", L.path, strerror_r(errno, why, sizeof why));
+        complain("ioloop_log: cannot roll %s: %s", L.path, ioloop__strerror(errno));
         return;
     }
     w->nrolled++;
     fd = open(L.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0) {
         complain("ioloop_log: cannot reopen %s after rolling: %s; writing on in %s", L.path,
-                 strerror_r(errno, why, sizeof why), w->to);
+                 ioloop__strerror(errno), w->to);
         return;
     }
     pthread_mutex_lock(&L.mutex); /* close() and fork read L.fd under the mutex */

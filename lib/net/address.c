@@ -1,14 +1,20 @@
 /*
- * Address parsing. Only numeric hosts: a loop must never block on name resolution.
+ * Addresses: parsing "host:port" strings (numeric hosts only: a loop must never block on name
+ * resolution) and formatting socket addresses back into that form.
  */
 #include "net/address.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/un.h>
+
+#include <ioloop/server.h>
 
 #define UNIX_PREFIX "unix:"
 
@@ -96,4 +102,67 @@ int ioloop__address_parse(const char *text, struct ioloop_address *addr)
     if (text[0] == '[')
         return parse_inet6(text, addr);
     return parse_inet(text, addr);
+}
+
+/* What snprintf() returned, as ioloop_address_format() returns it. */
+static int fitted(int n, size_t size)
+{
+    return n < 0 ? -EINVAL : (size_t)n >= size ? -ENOSPC : n;
+}
+
+static int format_unix(const struct sockaddr_un *un, socklen_t len, char *buf, size_t size)
+{
+    size_t path = len - offsetof(struct sockaddr_un, sun_path);
+    const char *name = un->sun_path;
+    bool abstract = path > 0 && name[0] == '\0';
+    int n;
+
+    if (abstract) { /* the name is every byte after the NUL, not a string */
+        name++;
+        path--;
+    } else {
+        path = strnlen(name, path);
+    }
+    if (path > INT32_MAX)
+        return -EINVAL;
+    n = snprintf(buf, size, "unix:%s%.*s", abstract ? "@" : "", (int)path, name);
+    return fitted(n, size);
+}
+
+int ioloop_address_format(const struct sockaddr *addr, socklen_t len, char *buf, size_t size)
+{
+    char host[INET6_ADDRSTRLEN];
+
+    if (addr == NULL || buf == NULL)
+        return -EINVAL;
+    if (size == 0)
+        return -ENOSPC;
+    switch (addr->sa_family) {
+    case AF_INET: { /* copied: a struct sockaddr * need not be aligned for sockaddr_in */
+        struct sockaddr_in in;
+
+        if (len < (socklen_t)sizeof in)
+            return -EINVAL;
+        memcpy(&in, addr, sizeof in);
+        inet_ntop(AF_INET, &in.sin_addr, host, sizeof host);
+        return fitted(snprintf(buf, size, "%s:%u", host, (unsigned)ntohs(in.sin_port)), size);
+    }
+    case AF_INET6: {
+        struct sockaddr_in6 in6;
+
+        if (len < (socklen_t)sizeof in6)
+            return -EINVAL;
+        memcpy(&in6, addr, sizeof in6);
+        inet_ntop(AF_INET6, &in6.sin6_addr, host, sizeof host);
+        return fitted(snprintf(buf, size, "[%s]:%u", host, (unsigned)ntohs(in6.sin6_port)),
+                      size);
+    }
+    case AF_UNIX:
+        if (len < (socklen_t)offsetof(struct sockaddr_un, sun_path) ||
+            len > (socklen_t)sizeof(struct sockaddr_un))
+            return -EINVAL;
+        return format_unix((const struct sockaddr_un *)addr, len, buf, size);
+    default:
+        return -EINVAL;
+    }
 }

@@ -40,6 +40,7 @@
 
 #include "net/address.h"
 #include "net/conns.h"
+#include "net/proxy.h"
 
 /* conn->flags */
 enum {
@@ -51,6 +52,19 @@ enum {
     F_RESUMED = 0x20,    /* resumed while on_data ran */
     F_OWN_CLASS = 0x40,  /* cls is this connection's own (freed with it) */
     F_REGISTERED = 0x80, /* in the handler table */
+    F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
+    F_PROXIED = 0x200,   /* cls is a struct proxied_class: the peer is the header's */
+};
+
+/* A PROXY header must be complete this long after the accept (API.md §6), so a client that
+ * sends none cannot hold a connection. */
+#define PROXY_DEADLINE_MS 5000
+
+/* The private class of a connection whose PROXY header named its client. */
+struct proxied_class {
+    struct ioloop_conn_class cls;
+    socklen_t peer_len;
+    struct sockaddr_storage peer;
 };
 
 /* conn->todo */
@@ -157,7 +171,17 @@ static void leave_open(ioloop_conn_t *conn)
 {
     ioloop__conns_unpublish(conn->loop, conn_id(conn));
     if (conn->cls->closing != NULL)
-        conn->cls->closing(conn);
+        conn->cls->closing(conn, !(conn->flags & F_PROXY));
+}
+
+/* The connection opens to the application: its owner counts it, on_open runs. */
+static void open_up(ioloop_conn_t *conn)
+{
+    ioloop__conns_publish(conn->loop, conn_id(conn), conn->cls->owner);
+    if (conn->cls->opened != NULL)
+        conn->cls->opened(conn);
+    if (conn->cls->handlers.on_open != NULL)
+        conn->cls->handlers.on_open(conn);
 }
 
 /* Ends the connection: out of the handler table now, on_close and the rest deferred. */
@@ -222,7 +246,7 @@ static void reap(ioloop_conn_t *conn)
     int err = conn->err;
 
     run_flushed(conn, err, true);
-    if (cls->handlers.on_close != NULL)
+    if (cls->handlers.on_close != NULL && !(conn->flags & F_PROXY))
         cls->handlers.on_close(conn, err);
     close(conn->fd);
     ioloop__buf_free(&conn->in);
@@ -233,6 +257,14 @@ static void reap(ioloop_conn_t *conn)
         gone(cls); /* the owner may be freed as soon as this returns */
     if (own_class)
         free(cls);
+}
+
+static void on_proxy_deadline(ioloop_t *loop, void *arg)
+{
+    ioloop_conn_t *conn = arg;
+
+    conn->timer = 0;
+    finish(conn, -ETIMEDOUT);
 }
 
 /* ---- Closing ---------------------------------------------------------------------------- */
@@ -342,12 +374,13 @@ static int send_pending(ioloop_conn_t *conn)
     return conn->state == IOLOOP__CONN_DEAD ? -1 : 0;
 }
 
-/* After output reached the kernel: the on_flushed callbacks it satisfied; then, once all is
- * out, the next step of a close, or on_drain if the connection had to wait. */
+/* After output reached the kernel: the on_flushed callbacks it satisfied (also when more is
+ * still pending); then, once all is out, the next step of a close, or on_drain if the
+ * connection had to wait. */
 static void after_send(ioloop_conn_t *conn, bool waited)
 {
     run_flushed(conn, 0, false);
-    if (conn->state == IOLOOP__CONN_DEAD || pending(conn) > 0)
+    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_BLOCKED) || pending(conn) > 0)
         return;
     ioloop__buf_free(&conn->out); /* drained, no callback left: an idle connection holds none */
     if (conn->state == IOLOOP__CONN_CLOSING && !(conn->flags & F_CONNECTING))
@@ -356,24 +389,25 @@ static void after_send(ioloop_conn_t *conn, bool waited)
         conn->cls->handlers.on_drain(conn);
 }
 
-/* The deferred flush: everything gathered goes to the kernel in one send. */
+/* The deferred flush: everything gathered goes to the kernel in one send (unless the kernel
+ * is refusing output: then only the callbacks already satisfied run). */
 static void flush(ioloop_conn_t *conn)
 {
-    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & (F_CONNECTING | F_BLOCKED)))
+    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_CONNECTING))
         return;
-    if (pending(conn) > 0 && send_pending(conn) < 0)
+    if (!(conn->flags & F_BLOCKED) && pending(conn) > 0 && send_pending(conn) < 0)
         return;
-    if (!(conn->flags & F_BLOCKED))
-        after_send(conn, false);
+    after_send(conn, false);
 }
 
 static void handle_writable(ioloop_conn_t *conn)
 {
     conn->flags &= (uint16_t)~F_BLOCKED;
-    if (send_pending(conn) < 0 || (conn->flags & F_BLOCKED))
+    if (send_pending(conn) < 0)
         return;
-    watch(conn);
-    after_send(conn, true);
+    if (!(conn->flags & F_BLOCKED))
+        watch(conn);
+    after_send(conn, !(conn->flags & F_BLOCKED));
 }
 
 /*
@@ -424,8 +458,10 @@ static int write_direct(ioloop_conn_t *conn, const struct iovec *iov, int iovcnt
     }
     if (pending(conn) > 0)
         block(conn);
-    else if (conn->out != NULL)
+    if (conn->out != NULL && conn->out->flushed != NULL)
         want(conn, T_FLUSH); /* on_flushed callbacks may be due, after this callback */
+    else if (conn->out != NULL && pending(conn) == 0)
+        ioloop__buf_free(&conn->out);
     return 0;
 }
 
@@ -574,11 +610,68 @@ static void discard(ioloop_conn_t *conn)
         read_failed(conn, n < 0 ? -errno : 0);
 }
 
+/* The open that waited for the PROXY header: a private class keeps the client's address. */
+static int take_proxy_header(ioloop_conn_t *conn, const struct ioloop_proxy_header *h)
+{
+    struct proxied_class *pc;
+
+    if (h->local)
+        return 0; /* a health check from the proxy itself: the socket's peer stands */
+    pc = malloc(sizeof *pc);
+    if (pc == NULL)
+        return -ENOMEM;
+    pc->cls = *conn->cls;
+    pc->peer = h->src;
+    pc->peer_len = h->src_len;
+    if (conn->flags & F_OWN_CLASS)
+        free(conn->cls);
+    conn->cls = &pc->cls;
+    conn->flags |= F_OWN_CLASS | F_PROXIED;
+    return 0;
+}
+
+/* Reads until the PROXY header is whole, then opens the connection; what came behind the
+ * header is the application's first input. A malformed or oversized header closes the
+ * connection without on_open (the owner counts it as refused). */
+static void read_proxy_header(ioloop_conn_t *conn)
+{
+    struct ioloop_proxy_header h;
+    ssize_t n = ioloop__buf_read_fd(&conn->in, conn->fd,
+                                    IOLOOP__PROXY_MAX - ioloop__buf_len(conn->in));
+    int len, err;
+
+    if (n <= 0) {
+        if (n != -EAGAIN && n != -EINTR)
+            finish(conn, n == 0 ? -ECONNRESET : (int)n); /* gone before its header */
+        return;
+    }
+    len = ioloop__proxy_parse(ioloop__buf_peek(conn->in), ioloop__buf_len(conn->in), &h);
+    if (len == 0)
+        return; /* a valid beginning: wait for more */
+    if (len < 0 || (err = take_proxy_header(conn, &h)) < 0) {
+        finish(conn, len < 0 ? -EPROTO : err);
+        return;
+    }
+    ioloop__buf_consume(conn->in, (size_t)len);
+    if (ioloop__buf_len(conn->in) == 0)
+        ioloop__buf_free(&conn->in);
+    conn->flags &= (uint16_t)~F_PROXY;
+    stop_timer(conn);
+    touch(conn);
+    open_up(conn);
+    if (conn->state == IOLOOP__CONN_OPEN && !(conn->flags & F_PAUSED))
+        deliver(conn);
+}
+
 static void handle_readable(ioloop_conn_t *conn)
 {
     size_t limit = conn->cls->max_input, kept = ioloop__buf_len(conn->in);
     ssize_t n;
 
+    if (conn->flags & F_PROXY) {
+        read_proxy_header(conn);
+        return;
+    }
     if (conn->state != IOLOOP__CONN_OPEN) {
         discard(conn);
         return;
@@ -679,7 +772,7 @@ static void on_work(ioloop_t *loop, struct ioloop_deferred *node)
 }
 
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
-                                 bool connecting)
+                                 enum ioloop_conn_start start)
 {
     ioloop_conn_t *conn = calloc(1, sizeof *conn);
     uint64_t id;
@@ -694,7 +787,7 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     conn->cls = cls;
     conn->work.fn = on_work;
     conn->state = IOLOOP__CONN_OPEN;
-    conn->flags = connecting ? F_CONNECTING : 0;
+    conn->flags = start == IOLOOP__CONN_CONNECTING ? F_CONNECTING : 0;
     if ((err = ioloop__conns_add(loop, conn, &id)) < 0)
         goto fail;
     conn->slot = ioloop__conn_id_slot(id);
@@ -705,9 +798,18 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     }
     conn->flags |= F_REGISTERED;
     touch(conn);
-    ioloop__conns_publish(loop, id, cls->owner);
-    if (!connecting && cls->handlers.on_open != NULL)
-        cls->handlers.on_open(conn);
+    if (start == IOLOOP__CONN_CONNECTING) {
+        ioloop__conns_publish(loop, id, cls->owner); /* its owner is the application */
+    } else if (start == IOLOOP__CONN_PROXIED) {
+        conn->flags |= F_PROXY;
+        conn->timer = ioloop_run_after(loop, PROXY_DEADLINE_MS, on_proxy_deadline, conn);
+        if (conn->timer < 0) {
+            conn->timer = 0;
+            finish(conn, -ENOMEM);
+        }
+    } else {
+        open_up(conn);
+    }
     return conn;
 
 fail:
@@ -848,7 +950,7 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
      * on_open never runs before the caller has the connection. */
     if (connect(fd, (struct sockaddr *)&addr.ss, addr.len) < 0 && errno != EINPROGRESS)
         connect_err = errno == EAGAIN ? -ECONNREFUSED : -errno;
-    conn = ioloop__conn_open(loop, fd, cls, true);
+    conn = ioloop__conn_open(loop, fd, cls, IOLOOP__CONN_CONNECTING);
     if (conn == NULL) {
         err = errno;
         close(fd);
@@ -863,6 +965,26 @@ ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
 }
 
 /* ---- Accessors -------------------------------------------------------------------------- */
+
+int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_storage *addr, socklen_t *len)
+{
+    int err;
+
+    if (conn == NULL || addr == NULL || len == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(conn->loop)) < 0)
+        return err;
+    if (conn->flags & F_CONNECTING)
+        return -ENOTCONN;
+    if (conn->flags & F_PROXIED) {
+        const struct proxied_class *pc = (const struct proxied_class *)conn->cls;
+
+        memcpy(addr, &pc->peer, *len < pc->peer_len ? *len : pc->peer_len);
+        *len = pc->peer_len;
+        return 0;
+    }
+    return getpeername(conn->fd, (struct sockaddr *)addr, len) == 0 ? 0 : -errno;
+}
 
 uint64_t ioloop_conn_id(const ioloop_conn_t *conn)
 {

@@ -24,8 +24,11 @@ struct ioloop_conn_class {
     size_t max_input;
     size_t max_output;
     void *owner;                            /* the server, for ids looked up by other threads */
-    void (*closing)(ioloop_conn_t *conn);   /* an open connection stops being open */
-    void (*gone)(const struct ioloop_conn_class *cls); /* a connection's on_close returned */
+    void (*opened)(ioloop_conn_t *conn);    /* on_open is about to run */
+    /* The connection stops being open: closing, or failed; `opened` says whether on_open ran
+     * (a connection refused before it, e.g. for a bad PROXY header, never opens). */
+    void (*closing)(ioloop_conn_t *conn, bool opened);
+    void (*gone)(const struct ioloop_conn_class *cls); /* the connection's end is complete */
 };
 
 enum ioloop_conn_state {
@@ -56,12 +59,18 @@ struct ioloop_conn {
     uint8_t events;               /* what the handler watches now (IOLOOP_READ/WRITE) */
 };
 
-/* Loop thread: a connection for a connected socket, registered and opened (on_open runs) —
- * or, when `connecting`, registered to wait for the connect to finish. Returns the connection,
- * or NULL with errno (ENOMEM, EMFILE, or what registering fd failed with), in which case
- * nothing ran and the caller still owns fd. `cls` must outlive the connection. */
+/* How a connection begins (ioloop__conn_open). */
+enum ioloop_conn_start {
+    IOLOOP__CONN_ACCEPTED,   /* open at once: on_open runs inside ioloop__conn_open() */
+    IOLOOP__CONN_PROXIED,    /* a PROXY protocol header comes first; on_open once it came */
+    IOLOOP__CONN_CONNECTING, /* connect() in progress; on_open once it completed */
+};
+
+/* Loop thread: a connection for a socket, registered in the loop. Returns the connection, or
+ * NULL with errno (ENOMEM, EMFILE, or what registering fd failed with), in which case nothing
+ * ran and the caller still owns fd. `cls` must outlive the connection. */
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
-                                 bool connecting);
+                                 enum ioloop_conn_start start);
 /* Loop thread: closes the connection at once with `err`; on_close follows (deferred). */
 void ioloop__conn_abort(ioloop_conn_t *conn, int err);
 
