@@ -186,6 +186,20 @@ benchmark() {
     done
     if grep -qiE 'error|warning|ERR ' <<<"$out"; then fail "redis-benchmark: $out"; fi
     grep "requests per second" <<<"$out" | sed 's/^/ok: redis-benchmark /'
+    # redis-benchmark has no MGET test (-t mget runs nothing), but it runs any command: MGET
+    # and EXISTS of random keys, pipelined, which with several loops fan out and gather.
+    for cmd in "mget key:__rand_int__ key:__rand_int__ key:__rand_int__ key:__rand_int__" \
+               "exists key:__rand_int__ key:__rand_int__ counter:__rand_int__"; do
+        # shellcheck disable=SC2086  # the command's words are separate arguments
+        if ! out=$(timeout 60 redis-benchmark -h 127.0.0.1 -p "$port" -n 20000 -c 20 -P 16 \
+                   -r 1000 -q $cmd 2>&1 | tr '\r' '\n' | grep -v '^ *$'); then
+            fail "redis-benchmark $cmd: $out"
+        elif grep -qiE 'error|warning' <<<"$out" || ! grep -q "requests per second" <<<"$out"; then
+            fail "redis-benchmark $cmd: $out"
+        else
+            echo "ok: redis-benchmark $(tail -1 <<<"$out")"
+        fi
+    done
     # What it wrote: a 3-byte value under one key for every SET, one counter for all 20000
     # INCRs.
     out=$(cli get key:__rand_int__)
