@@ -1,0 +1,199 @@
+/*
+ * HTTP/1.1 on the loops: a server (keep-alive, pipelining, chunked bodies both ways, limits
+ * and timeouts, graceful drain) and a client (ioloop_http_fetch, with connections kept alive
+ * per loop and host:port). Requests are parsed by Debian's http-parser (libhttp-parser-dev),
+ * never by string matching. Built unless meson's `http` option is disabled.
+ *
+ * Server: the handler runs in the connection's loop thread with a request whose method,
+ * target, headers and whole body have arrived. It ends the request exactly once — with
+ * ioloop_http_respond(), or with ioloop_http_write_head() + ioloop_http_write()… +
+ * ioloop_http_finish() for a chunked response — at once or later (from a timer, a work pool's
+ * done, a reply from another loop). Until then the request stays valid, even if the client
+ * went away. Responses go out in request order, also when the handlers of pipelined requests
+ * end them out of order; each response is one coalesced write.
+ *
+ * Bad input never reaches the handler: a malformed request (or one that smuggles: both
+ * Content-Length and Transfer-Encoding, differing Content-Lengths, obs-fold) gets 400, a head
+ * larger than max_header_bytes 431, a body larger than max_body_bytes 413, a head not complete
+ * within header_timeout_ms 408; each is sent before the connection closes without loss.
+ */
+#ifndef IOLOOP_HTTP_H
+#define IOLOOP_HTTP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <ioloop/export.h>
+#include <ioloop/loop.h>
+#include <ioloop/pool.h>
+#include <ioloop/server.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/** An HTTP server on a pool's loops. Opaque. */
+typedef struct ioloop_http_server ioloop_http_server_t;
+/** One request, from its arrival to the call that ends it. Opaque. */
+typedef struct ioloop_http_request ioloop_http_request_t;
+/** Runs in the connection's loop thread for each request, in arrival order. */
+typedef void (*ioloop_http_handler_fn)(ioloop_http_request_t *req, void *user);
+
+/** Server options; zero fields mean the defaults. */
+typedef struct ioloop_http_options {
+    size_t   max_header_bytes;  /**< request line + headers; 0: 16 KiB (431 beyond) */
+    size_t   max_body_bytes;    /**< 0: 8 MiB (413 beyond) */
+    uint64_t header_timeout_ms; /**< the whole request head must arrive within this, from its
+                                     first byte (or from the accept); 0: 10000 (408) */
+    uint64_t idle_timeout_ms;   /**< a keep-alive connection with no request in progress is
+                                     closed after this; 0: 60000 */
+    ioloop_server_options_t server; /**< accept mode, max_conns, proxy_protocol, ... */
+} ioloop_http_options_t;
+
+/* ---- Server ----------------------------------------------------------------------------- */
+
+/**
+ * Creates an HTTP server on `address` (as ioloop_server_new_opts() takes it) whose requests
+ * run `handler(req, user)` in the pool's loops. `options` may be NULL. Nothing is accepted
+ * until ioloop_http_server_start(). Returns the server, or NULL with errno: EINVAL (NULL pool
+ * or handler, a malformed address or option), EADDRINUSE, ENOMEM, ... Any thread; that
+ * thread owns the server.
+ */
+IOLOOP_EXPORT ioloop_http_server_t *ioloop_http_server_new(ioloop_pool_t *pool,
+                                                           const char *address,
+                                                           ioloop_http_handler_fn handler,
+                                                           void *user,
+                                                           const ioloop_http_options_t *options);
+
+/** Starts accepting. Returns what ioloop_server_start() returns. The owning thread. */
+IOLOOP_EXPORT int ioloop_http_server_start(ioloop_http_server_t *server);
+
+/** Returns the bound TCP port, or -EINVAL. [any thread] */
+IOLOOP_EXPORT int ioloop_http_server_port(const ioloop_http_server_t *server);
+
+/**
+ * Graceful stop: stops accepting, closes idle keep-alive connections at once, lets requests in
+ * progress finish (each response then carries `Connection: close`, and its connection closes
+ * after it), and returns as ioloop_server_drain() does: 0 once no connection is left, else the
+ * number still open after timeout_ms. The owning thread; never a pool loop (-EDEADLK).
+ */
+IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_t timeout_ms);
+
+/**
+ * Closes every connection (requests not yet ended are freed; the calls that would have ended
+ * them must not come) and frees the server. NULL is fine. The owning thread.
+ */
+IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
+
+/* ---- A request (the connection's loop thread) ------------------------------------------- */
+
+/** The method as sent: "GET", "POST", "HEAD", … Valid until the request ends. */
+IOLOOP_EXPORT const char *ioloop_http_method(const ioloop_http_request_t *req);
+
+/** The request target as sent: "/a/b?x=1" (or an absolute URI). Valid until the request ends. */
+IOLOOP_EXPORT const char *ioloop_http_target(const ioloop_http_request_t *req);
+
+/**
+ * The value of header `name` (case-insensitive), with repeated headers joined by ", ", or
+ * NULL when absent. Valid until the request ends.
+ */
+IOLOOP_EXPORT const char *ioloop_http_header(const ioloop_http_request_t *req,
+                                             const char *name);
+
+/** The whole request body (Content-Length or chunked) and its length; NULL and 0 if none. */
+IOLOOP_EXPORT const void *ioloop_http_body(const ioloop_http_request_t *req, size_t *len);
+
+/** The loop the request belongs to: post to it to end the request from another thread. */
+IOLOOP_EXPORT ioloop_t *ioloop_http_loop(const ioloop_http_request_t *req);
+
+/**
+ * Adds a response header (copied). Returns 0, -EINVAL (NULL, an empty name, a name that is
+ * not an HTTP token, CR or LF in the value: header injection is refused, nothing is sent),
+ * -EALREADY (the response head went out already), -ENOMEM.
+ */
+IOLOOP_EXPORT int ioloop_http_add_header(ioloop_http_request_t *req, const char *name,
+                                         const char *value);
+
+/**
+ * Ends the request with a whole response: status (200–599) and `len` bytes of body (copied).
+ * Adds Content-Length, Date (formatted once a second per loop) and Server unless the
+ * application added them, and `Connection: close` when the connection closes after it. A HEAD
+ * request gets the head without the body. Returns 0; -EPIPE if the client went away (the
+ * request is freed all the same); -EINVAL (NULL req, a status outside 200–599, NULL body with
+ * len > 0: nothing changed, the request is not ended); -EALREADY (ended already, or
+ * ioloop_http_write_head() was used); -ENOMEM (not ended).
+ */
+IOLOOP_EXPORT int ioloop_http_respond(ioloop_http_request_t *req, int status, const void *body,
+                                      size_t len);
+
+/**
+ * Starts a streamed response: the head with `Transfer-Encoding: chunked` (to an HTTP/1.0
+ * client: no chunking, and the connection closes after the body). Then ioloop_http_write()
+ * any number of times and ioloop_http_finish() once. Returns 0, -EPIPE (client gone: the
+ * request is freed), -EINVAL, -EALREADY, -ENOMEM.
+ */
+IOLOOP_EXPORT int ioloop_http_write_head(ioloop_http_request_t *req, int status);
+
+/**
+ * Writes one piece of a streamed response (a chunk; len 0 writes nothing). Returns 0, -EPIPE
+ * (client gone: the request is freed), -EINVAL (no write_head yet, NULL data with len > 0),
+ * -ENOBUFS (the connection's output limit: wait, e.g. with ioloop_conn_on_flushed-style
+ * pacing, and write again), -ENOMEM.
+ */
+IOLOOP_EXPORT int ioloop_http_write(ioloop_http_request_t *req, const void *data, size_t len);
+
+/**
+ * Ends a streamed response (the last chunk). Returns 0, -EPIPE (client gone: the request is
+ * freed all the same), -EINVAL (no write_head), -EALREADY.
+ */
+IOLOOP_EXPORT int ioloop_http_finish(ioloop_http_request_t *req);
+
+/* ---- Client ----------------------------------------------------------------------------- */
+
+/** A response, valid during the ioloop_http_response_fn call. Opaque. */
+typedef struct ioloop_http_response ioloop_http_response_t;
+/** Runs once per fetch in the loop's thread: err 0 with the response, or a negative errno. */
+typedef void (*ioloop_http_response_fn)(ioloop_t *loop, int err,
+                                        const ioloop_http_response_t *resp, void *arg);
+
+/** Longest response body ioloop_http_fetch() takes; a longer one fails with -EMSGSIZE. */
+#define IOLOOP_HTTP_FETCH_MAX_BODY ((size_t)64 << 20)
+
+/**
+ * Sends one request — `method` to an `http://host[:port]/path` URL (-EINVAL for anything
+ * else), `headers` a NULL-terminated array of "Name: value" strings or NULL, `len` bytes of
+ * `body` (copied) — and calls fn once: err 0 with the whole response (status, headers, body:
+ * Content-Length, chunked or close-delimited), or -ETIMEDOUT (after timeout_ms; 0: none),
+ * -ECONNREFUSED, -ENOENT (no such host), -EPROTO (a malformed response), -EMSGSIZE (a body
+ * beyond IOLOOP_HTTP_FETCH_MAX_BODY), -ECANCELED (cancelled, or the loop freed), ...
+ * Names are resolved as ioloop_resolve() does. Connections are kept alive and reused per loop
+ * and host:port. fn never runs inside this call. Returns a positive id, or -EINVAL (NULL loop,
+ * method, url or fn; a bad URL, method or header), -EPERM (wrong thread), -ENOMEM. Loop thread.
+ */
+IOLOOP_EXPORT int64_t ioloop_http_fetch(ioloop_t *loop, const char *method, const char *url,
+                                        const char *const *headers, const void *body, size_t len,
+                                        uint64_t timeout_ms, ioloop_http_response_fn fn,
+                                        void *arg);
+
+/**
+ * Cancels a fetch: its fn runs with -ECANCELED after the current callback (not inside this
+ * call). Returns 0, -ENOENT (unknown or finished), -EINVAL, -EPERM. Loop thread.
+ */
+IOLOOP_EXPORT int ioloop_http_fetch_cancel(ioloop_t *loop, int64_t fetch_id);
+
+/** The response's status code (100–599). */
+IOLOOP_EXPORT int ioloop_http_response_status(const ioloop_http_response_t *resp);
+
+/** A response header (case-insensitive; repeated ones joined by ", "), or NULL. */
+IOLOOP_EXPORT const char *ioloop_http_response_header(const ioloop_http_response_t *resp,
+                                                      const char *name);
+
+/** The whole response body and its length (NULL and 0 when empty). */
+IOLOOP_EXPORT const void *ioloop_http_response_body(const ioloop_http_response_t *resp,
+                                                    size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IOLOOP_HTTP_H */
