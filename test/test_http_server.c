@@ -48,6 +48,18 @@ static void on_later(ioloop_t *loop, void *arg)
     free(l);
 }
 
+/* The body of /big/N: no short period, so that a byte out of place shows. */
+static char *pattern(size_t n)
+{
+    char *p = malloc(n + 1);
+
+    assert_non_null(p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = (char)('a' + (i * 7 + i / 26) % 26);
+    p[n] = '\0';
+    return p;
+}
+
 static bool starts(const char *s, const char *prefix)
 {
     return strncmp(s, prefix, strlen(prefix)) == 0;
@@ -65,6 +77,8 @@ static bool starts(const char *s, const char *prefix)
  * /inject     add_header attempts (codes noted), then 200
  * /lookup     200 "method|target|x-dup|host|missing"
  * /close      200 with the application's Connection: close
+ * /big/N      200 with N bytes of pattern (pattern())
+ * /stream-big write_head, a write beyond the output limit (code noted), "0123456789", finish
  */
 static void handle(ioloop_http_request_t *req, struct ht_server *s)
 {
@@ -140,6 +154,20 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
                          missing != NULL ? missing : "(null)");
 
         ioloop_http_respond(req, 200, body, (size_t)n);
+    } else if (starts(t, "/big/")) {
+        size_t n = strtoul(t + 5, NULL, 10);
+        char *body = pattern(n);
+
+        ht_note(s, ioloop_http_respond(req, 200, body, n));
+        free(body);
+    } else if (strcmp(t, "/stream-big") == 0) {
+        char *body = pattern(200000);
+
+        assert_int_equal(ioloop_http_write_head(req, 200), 0);
+        ht_note(s, ioloop_http_write(req, body, 200000));
+        assert_int_equal(ioloop_http_write(req, "0123456789", 10), 0);
+        assert_int_equal(ioloop_http_finish(req), 0);
+        free(body);
     } else if (strcmp(t, "/close") == 0) {
         assert_int_equal(ioloop_http_add_header(req, "Connection", "close"), 0);
         ioloop_http_respond(req, 200, "bye", 3);
@@ -365,6 +393,72 @@ static void test_http_server_pipeline_pauses(void **state)
         ht_response_free(&r);
     }
     ht_close(&c);
+}
+
+static void check_big(struct ht_client *c, size_t n)
+{
+    struct ht_response r;
+    char *want = pattern(n);
+
+    ht_expect(c, &r, 200);
+    assert_int_equal(r.body_len, n);
+    assert_memory_equal(r.body, want, n);
+    ht_response_free(&r);
+    free(want);
+}
+
+static void test_http_server_slow_reader(void **state)
+{
+    struct ht_server *s = *state;
+    enum { N = 24, SIZE = 1 << 20 };
+    struct ht_client c;
+
+    /* A client that pipelines and does not read: once the kernel's buffers are full (a few
+     * MiB on loopback), reading its requests pauses when about IOLOOP__HTTP_OUTPUT_HIGH
+     * bytes of answers wait, instead of buffering every answer. */
+    ht_connect(&c, s->port);
+    for (int i = 0; i < N; i++)
+        ht_send(&c, "GET /big/1048576 HTTP/1.1\r\n\r\n");
+    assert_true(ht_wait_requests(s, 2));
+    usleep(300 * 1000); /* time enough to answer all N, were it not paused */
+    if (ht_requests(s) >= N / 2)
+        fail_msg("%d of %d requests read from a client that reads nothing", ht_requests(s), N);
+    /* Reading the answers lets the rest in; every byte arrives, in order. */
+    for (int i = 0; i < N; i++)
+        check_big(&c, SIZE);
+    assert_int_equal(ht_requests(s), N);
+    ht_close(&c);
+}
+
+static void test_http_server_output_limit(void **state)
+{
+    struct ht_server s;
+    struct ht_client c;
+    struct ht_response r;
+
+    /* Answers larger than the connection's output limit go out whole, in pieces, also when
+     * one waits for its turn behind a later answer. */
+    ht_start_opts(&s, 1, "127.0.0.1:0",
+                  &(ioloop_http_options_t){.server = {.max_output = 65536}}, handle);
+    ht_connect(&c, s.port);
+    ht_send(&c, "GET /big/300000 HTTP/1.1\r\n\r\n");
+    check_big(&c, 300000);
+    ht_send(&c, "GET /later/50 HTTP/1.1\r\n\r\nGET /big/300000 HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "/later/50");
+    ht_response_free(&r);
+    check_big(&c, 300000);
+    assert_int_equal(ht_rc(&s, 0), 0);
+    assert_int_equal(ht_rc(&s, 2), 0);
+
+    /* A streamed piece beyond the limit is refused (nothing of it sent); the stream goes on. */
+    ht_send(&c, "GET /stream-big HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "0123456789");
+    ht_response_free(&r);
+    assert_int_equal(ht_rc(&s, 3), -ENOBUFS);
+    ht_close(&c);
+    ht_stop(&s);
 }
 
 /* ---- HTTP/1.0, Connection: close, HEAD -------------------------------------------------- */
@@ -1043,6 +1137,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_pipelined_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipeline_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipeline_pauses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_slow_reader, setup, teardown),
+        cmocka_unit_test(test_http_server_output_limit),
         cmocka_unit_test_setup_teardown(test_http_server_http10, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_connection_close, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_head, setup, teardown),

@@ -34,6 +34,9 @@
 
 /* Requests read and not yet answered on one connection; reading pauses at this bound. */
 #define IOLOOP__HTTP_INFLIGHT_MAX 64
+/* Reading pauses while this many bytes of answers wait for the peer to take them, so that
+ * a client that pipelines and never reads holds about this much, not the output limit. */
+#define IOLOOP__HTTP_OUTPUT_HIGH ((size_t)256 << 10)
 /* Ended request structs a loop keeps for the next requests (so that steady traffic mallocs
  * nothing); buffers larger than IOLOOP__HTTP_KEEP_BYTES are released, not kept. */
 #define IOLOOP__HTTP_CACHE_MAX 256

@@ -180,6 +180,20 @@ static void on_flushed(ioloop_conn_t *conn, int err, void *arg)
         ioloop__http_conn_advance(hc);
 }
 
+/* Waits for what is pending to reach the kernel (then on_flushed advances). Returns true
+ * while waiting, false if the connection had to be given up. */
+static bool wait_output(struct http_conn *hc)
+{
+    if (hc->flags & C_WAITING)
+        return true;
+    if (ioloop_conn_on_flushed(hc->conn, on_flushed, hc) < 0) {
+        close_conn(hc); /* nothing would wake it: give up the connection */
+        return false;
+    }
+    hc->flags |= C_WAITING;
+    return true;
+}
+
 /* The head's waiting bytes go to the connection, as many as its output limit lets in at a
  * time; the rest waits for what is pending to reach the kernel. Returns 0 once all went, -1
  * if some wait (or the connection failed). */
@@ -200,13 +214,7 @@ static int pump(struct http_conn *hc, ioloop_http_request_t *req)
             return -1;
         }
         if (rc < 0) { /* -ENOBUFS, -ENOMEM: once the output went out */
-            if (!(hc->flags & C_WAITING)) {
-                if (ioloop_conn_on_flushed(hc->conn, on_flushed, hc) < 0) {
-                    close_conn(hc); /* nothing would wake it: give up the connection */
-                    return -1;
-                }
-                hc->flags |= C_WAITING;
-            }
+            wait_output(hc);
             return -1;
         }
         req->out.start += n;
@@ -473,7 +481,8 @@ static size_t on_data(ioloop_conn_t *conn, const char *data, size_t len)
         size_t lim = len - off, n;
         enum http_errno err;
 
-        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING)) {
+        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING) ||
+            (ioloop_conn_pending(conn) >= IOLOOP__HTTP_OUTPUT_HIGH && wait_output(hc))) {
             pause_reading(hc); /* the rest stays with the connection until resumed */
             break;
         }
