@@ -11,6 +11,7 @@
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
 #include <ioloop/process.h>
+#include <ioloop/resolve.h>
 #include <ioloop/server.h>
 #if IOLOOP_HAVE_HTTP
 #include <ioloop/http.h>

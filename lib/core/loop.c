@@ -333,14 +333,19 @@ void ioloop__handler_del(ioloop_t *loop, int fd)
     }
 }
 
-void ioloop__handler_del_now(ioloop_t *loop, int fd)
+void ioloop__handler_forget(ioloop_t *loop, int fd)
 {
     struct ioloop_handler *h = &loop->handlers[fd];
 
     ioloop__handler_del(loop, fd);
-    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
     h->state &= (uint16_t)~IOLOOP__IN_EPOLL;
     loop->in_epoll--;
+}
+
+void ioloop__handler_del_now(ioloop_t *loop, int fd)
+{
+    (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+    ioloop__handler_forget(loop, fd);
 }
 
 /* Before a wait: the DELs of the fds removed this iteration (and not registered again). A DEL
