@@ -149,26 +149,73 @@ IOLOOP_EXPORT int ioloop_http_write(ioloop_http_request_t *req, const void *data
 IOLOOP_EXPORT int ioloop_http_finish(ioloop_http_request_t *req);
 
 /* ---- Client ----------------------------------------------------------------------------- */
+/*
+ * A fetch's connection comes from the loop's pool of kept-alive connections to the URL's
+ * host:port (the host compared without case) or is made anew; each fetch in flight has one
+ * connection to itself (no pipelining), so fetches to one host run in parallel, as many as
+ * the application starts (it bounds its own concurrency). A response that lets the connection
+ * be kept (HTTP/1.1 without "Connection: close", or 1.0 with "keep-alive"; the body delimited
+ * by Content-Length or chunking and read whole; nothing sent beyond it; no "Connection:
+ * close" from the application) puts it back in the pool, which keeps at most 8 idle
+ * connections per host:port and 64 per loop, each for 60 s at most, and drops one at once
+ * when its server closes it.
+ *
+ * The stale connection: a server may close a kept-alive connection just as a request goes out
+ * on it. A request whose reused connection ends (EOF or reset) before any byte of a response
+ * is sent once more, on a fresh connection, if its method is idempotent (GET, HEAD, PUT,
+ * DELETE, OPTIONS, TRACE: RFC 7230 §6.3.1, as browsers and curl do); any other gets
+ * -ECONNRESET, since the server may have acted on it.
+ */
 
 /** A response, valid during the ioloop_http_response_fn call. Opaque. */
 typedef struct ioloop_http_response ioloop_http_response_t;
-/** Runs once per fetch in the loop's thread: err 0 with the response, or a negative errno. */
+/**
+ * Runs once per fetch in the loop's thread (in the freeing thread when ioloop_free() cancels
+ * it): err 0 with the response, or a negative errno and resp NULL.
+ */
 typedef void (*ioloop_http_response_fn)(ioloop_t *loop, int err,
                                         const ioloop_http_response_t *resp, void *arg);
 
 /** Longest response body ioloop_http_fetch() takes; a longer one fails with -EMSGSIZE. */
 #define IOLOOP_HTTP_FETCH_MAX_BODY ((size_t)64 << 20)
+/** Longest response head (status line and fields, interim 1xx heads included): -EMSGSIZE. */
+#define IOLOOP_HTTP_FETCH_MAX_HEAD ((size_t)64 << 10)
 
 /**
- * Sends one request — `method` to an `http://host[:port]/path` URL (-EINVAL for anything
- * else), `headers` a NULL-terminated array of "Name: value" strings or NULL, `len` bytes of
- * `body` (copied) — and calls fn once: err 0 with the whole response (status, headers, body:
- * Content-Length, chunked or close-delimited), or -ETIMEDOUT (after timeout_ms; 0: none),
- * -ECONNREFUSED, -ENOENT (no such host), -EPROTO (a malformed response), -EMSGSIZE (a body
- * beyond IOLOOP_HTTP_FETCH_MAX_BODY), -ECANCELED (cancelled, or the loop freed), ...
- * Names are resolved as ioloop_resolve() does. Connections are kept alive and reused per loop
- * and host:port. fn never runs inside this call. Returns a positive id, or -EINVAL (NULL loop,
- * method, url or fn; a bad URL, method or header), -EPERM (wrong thread), -ENOMEM. Loop thread.
+ * Sends one request and calls fn once with its response.
+ *
+ * `url`: "http://host[:port][/path][?query][#fragment]" — the scheme in any case; the host a
+ * host name (RFC 1123, looked up as ioloop_resolve() does), a dotted quad or an IPv6 address
+ * in brackets; the port 1–65535, 80 by default; path and query printable ASCII
+ * (percent-encode the rest). The fragment is the client's and is not sent; userinfo is
+ * refused. `method`: an HTTP token, not CONNECT. `headers`: NULL, or a NULL-terminated array
+ * of "Name: value" fields, each with a token name and a value without control characters
+ * but tabs (a CR or LF would inject fields: refused), neither Content-Length nor
+ * Transfer-Encoding (the framing is the client's); a Host field replaces the client's, and
+ * "Connection: close" keeps the connection out of the pool. `body`: `len` bytes (copied), or
+ * NULL with len 0.
+ *
+ * The request goes out in one write: `METHOD /path?query HTTP/1.1`, `Host: host[:port]`
+ * (":port" unless it is 80), the application's fields in their order, `Content-Length` when
+ * a body is given (also an empty one) and `Content-Length: 0` for POST, PUT and PATCH
+ * without one, the blank line, the body.
+ *
+ * fn never runs inside this call: err 0 with the whole response — the status (interim 1xx
+ * responses are skipped), the fields, the body: by Content-Length, chunked (trailers are
+ * dropped) or up to the server's EOF; none for HEAD, 204 and 304 whatever the fields say —
+ * or -ETIMEDOUT (timeout_ms from this call passed: lookup, connect, retry and response
+ * included; 0: no timeout), -ECONNREFUSED, -ENOENT (no such host), -EPROTO (a malformed
+ * response, one cut short by EOF, an EOF before any byte of one on a fresh connection, 101
+ * Switching Protocols), -EMSGSIZE (a body beyond IOLOOP_HTTP_FETCH_MAX_BODY, a head beyond
+ * IOLOOP_HTTP_FETCH_MAX_HEAD), -ECONNRESET (reset by the server; or see "The stale
+ * connection" above), -ECANCELED (ioloop_http_fetch_cancel(), or the loop freed), -ENOMEM,
+ * or what else the connection failed with.
+ *
+ * Returns a positive id (unique for the loop's life), or -EINVAL (NULL loop, method, url or
+ * fn; a bad URL, method or field; NULL body with len > 0), -EMSGSIZE (a request larger than
+ * a connection's output limit, IOLOOP_CONN_MAX_OUTPUT), -EPERM (wrong thread), -ENOMEM,
+ * -ENOTSUP (a host name, and the library was built without c-ares); fn then never runs.
+ * Loop thread.
  */
 IOLOOP_EXPORT int64_t ioloop_http_fetch(ioloop_t *loop, const char *method, const char *url,
                                         const char *const *headers, const void *body, size_t len,
@@ -176,19 +223,33 @@ IOLOOP_EXPORT int64_t ioloop_http_fetch(ioloop_t *loop, const char *method, cons
                                         void *arg);
 
 /**
- * Cancels a fetch: its fn runs with -ECANCELED after the current callback (not inside this
- * call). Returns 0, -ENOENT (unknown or finished), -EINVAL, -EPERM. Loop thread.
+ * Cancels a fetch whose fn has not started: fn runs with -ECANCELED after the current
+ * callback (not inside this call), also when the response had arrived already (it is
+ * dropped). The fetch's connection closes, so a late response never reaches anyone.
+ * Returns 0, -ENOENT (unknown id, fn started or ran, or cancelled already), -EINVAL (NULL
+ * loop), -EPERM (wrong thread). Loop thread.
  */
 IOLOOP_EXPORT int ioloop_http_fetch_cancel(ioloop_t *loop, int64_t fetch_id);
 
-/** The response's status code (100–599). */
+/** The response's status code (200–599: interim ones are skipped), or -EINVAL for NULL. */
 IOLOOP_EXPORT int ioloop_http_response_status(const ioloop_http_response_t *resp);
 
-/** A response header (case-insensitive; repeated ones joined by ", "), or NULL. */
+/**
+ * A response header (case-insensitive; repeated ones joined by ", "), or NULL when absent
+ * (or, with errno ENOMEM, when the joined value could not be made).
+ */
 IOLOOP_EXPORT const char *ioloop_http_response_header(const ioloop_http_response_t *resp,
                                                       const char *name);
 
-/** The whole response body and its length (NULL and 0 when empty). */
+/**
+ * The `index`-th field of the response head (0-based, in the order received, repeated ones
+ * not joined): returns its value and sets *name (if name is not NULL) to its name as sent,
+ * or returns NULL past the last field.
+ */
+IOLOOP_EXPORT const char *ioloop_http_response_header_at(const ioloop_http_response_t *resp,
+                                                         size_t index, const char **name);
+
+/** The whole response body and sets *len (if not NULL) to its length: NULL and 0 if empty. */
 IOLOOP_EXPORT const void *ioloop_http_response_body(const ioloop_http_response_t *resp,
                                                     size_t *len);
 

@@ -59,10 +59,11 @@ struct ioloop_owned {
 #define IOLOOP__UID_BITS 22
 #define IOLOOP__UID_MAX ((1u << IOLOOP__UID_BITS) - 1)
 
-/* The loop's connections (lib/net/conns.c) and lookups (lib/net/resolve.c); core only keeps
- * the pointers. */
+/* The loop's connections (lib/net/conns.c), lookups (lib/net/resolve.c) and HTTP fetches
+ * (lib/http/client.c); core only keeps the pointers. */
 struct ioloop_conns;
 struct ioloop_resolver;
+struct http_client;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -110,6 +111,7 @@ struct ioloop {
     struct ioloop_conns *_Atomic conns;
     _Atomic(void *) data;             /* ioloop_set_data() */
     struct ioloop_resolver *resolver; /* made by the loop's first ioloop_resolve() */
+    struct http_client *http_client;  /* lib/http/client.c: made by the first fetch */
 
     struct ioloop_counters stats;
 };
