@@ -1366,6 +1366,21 @@ static void test_http_client_timeout(void **state)
     close(fd);
     job_free(&j);
 
+    /* A fetch answered in time: its timer is gone with it (it would fire on a freed fetch),
+     * and its connection stays in the pool for the next one. */
+    fd = -1;
+    job_init(&j, &c, p.url);
+    j.timeout_ms = 100;
+    assert_int_equal(peer_exchange(&j, &p, &fd, OK5), 0);
+    job_free(&j);
+    usleep(250 * 1000);
+    assert_int_equal(client_stats(&c).idle, 1);
+    job_init(&j, &c, p.url);
+    assert_int_equal(peer_exchange(&j, &p, &fd, OK5), 0);
+    job_free(&j);
+    close(fd);
+    wait_idle(&c, 0);
+
     /* Timeout 0 is none: an answer after 400 ms still comes. */
     job_init(&j, &c, p.url);
     j.timeout_ms = 0;
@@ -1440,13 +1455,16 @@ static void test_http_client_pool_drops(void **state)
     assert_int_equal(peer_exchange(&j, &p, &fd, "HTTP/1.1 200 OK\r\nConnection: close\r\n"
                                                 "Content-Length: 5\r\n\r\nhello"), 0);
     assert_string_equal(j.body_out, "hello");
+    assert_int_equal(client_stats(&c).idle, 0); /* decided before fn ran */
     job_free(&j);
+    peer_expect_closed(fd);
     close(fd);
     fd = -1;
     job_init(&j, &c, p.url);
     assert_int_equal(peer_exchange(&j, &p, &fd, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"
                                                 "helloHTTP/1.1 200 OK\r\n"), 0);
     assert_string_equal(j.body_out, "hello");
+    assert_int_equal(client_stats(&c).idle, 0);
     job_free(&j);
     peer_expect_closed(fd);
     close(fd);
@@ -1454,13 +1472,59 @@ static void test_http_client_pool_drops(void **state)
     job_init(&j, &c, p.url);
     j.headers = app_close;
     assert_int_equal(peer_exchange(&j, &p, &fd, OK5), 0);
+    assert_int_equal(client_stats(&c).idle, 0);
     job_free(&j);
     peer_expect_closed(fd);
     close(fd);
     assert_int_equal(client_stats(&c).idle, 0);
     assert_int_equal(client_stats(&c).connects, 5);
+    assert_int_equal(client_stats(&c).retries, 0);
     client_stop(&c, 0);
     peer_close(&p);
+}
+
+/* A server that answers before it read the whole request (an early 413) and reads no more:
+ * the response is the fetch's, and the connection, with the rest of the request unsent, is
+ * closed at once, not kept and not left waiting for the server to read. */
+static void test_http_client_early_response(void **state)
+{
+    const size_t n = 8 << 20; /* far more than the socket buffers take */
+    struct client c;
+    struct peer p;
+    struct job j;
+    char head[1024] = "";
+    char *body = calloc(1, n);
+    size_t got = 0;
+    int fd;
+
+    peer_open(&p);
+    client_start(&c);
+    job_init(&j, &c, p.url);
+    j.method = "POST";
+    j.body = body;
+    j.len = n;
+    assert_true(job_start(&j) > 0);
+    fd = peer_accept(&p);
+    while (got < sizeof head - 1 && strstr(head, "\r\n\r\n") == NULL) { /* the head only */
+        ssize_t r;
+
+        assert_int_equal(test_wait_fd(fd, POLLIN, TEST_WAIT_MS), 1);
+        r = read(fd, head + got, 1);
+        assert_int_equal(r, 1);
+        head[++got] = '\0';
+    }
+    usleep(50 * 1000); /* the client fills the socket buffers and waits */
+    peer_send(fd, "HTTP/1.1 413 Payload Too Large\r\nContent-Length: 5\r\n\r\nlarge");
+    job_wait(&j);
+    assert_int_equal(j.err, 0);
+    assert_int_equal(j.status, 413);
+    assert_string_equal(j.body_out, "large");
+    assert_int_equal(client_stats(&c).idle, 0);
+    job_free(&j);
+    close(fd);
+    client_stop(&c, 0);
+    peer_close(&p);
+    free(body);
 }
 
 /* Idle pooled connections close after the pool's idle time (60 s; 150 ms here). */
@@ -1928,6 +1992,7 @@ int main(void)
         T(test_http_client_timeout),
         T(test_http_client_refused),
         T(test_http_client_pool_drops),
+        T(test_http_client_early_response),
         T(test_http_client_pool_idle_timeout),
         T(test_http_client_stale_retry),
         T(test_http_client_einval),

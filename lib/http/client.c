@@ -308,14 +308,20 @@ static void fail(struct fetch *f, int err)
 }
 
 /* The response is complete: the connection is pooled or closed, fn is queued. `leftover`:
- * the server sent bytes beyond the response, which no request asked for. */
+ * the server sent bytes beyond the response, which no request asked for. A response that
+ * came before the whole request went out (an early 413, say) leaves the rest unsent: the
+ * server stopped reading it, and a graceful close would wait on that, so the connection is
+ * closed at once. */
 static void succeed(struct cconn *cc, bool leftover)
 {
     struct fetch *f = cc->fetch;
-    bool reuse = cc->keep_alive && !f->close && !leftover && ioloop_conn_pending(cc->conn) == 0;
+    bool unsent = ioloop_conn_pending(cc->conn) > 0;
+    bool reuse = cc->keep_alive && !f->close && !leftover && !unsent;
 
     detach(cc);
-    if (!reuse || !pool_put(cc, f->addr))
+    if (unsent)
+        ioloop__conn_abort(cc->conn, -ECANCELED);
+    else if (!reuse || !pool_put(cc, f->addr))
         ioloop_conn_close(cc->conn);
     end(f, 0);
 }
