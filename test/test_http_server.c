@@ -77,6 +77,7 @@ static bool starts(const char *s, const char *prefix)
  * /inject     add_header attempts (codes noted), then 200
  * /lookup     200 "method|target|x-dup|host|missing"
  * /close      200 with the application's Connection: close
+ * /status/N   status N, no body
  * /big/N      200 with N bytes of pattern (pattern())
  * /stream-big write_head, a write beyond the output limit (code noted), "0123456789", finish
  */
@@ -154,6 +155,8 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
                          missing != NULL ? missing : "(null)");
 
         ioloop_http_respond(req, 200, body, (size_t)n);
+    } else if (starts(t, "/status/")) {
+        ioloop_http_respond(req, atoi(t + 8), NULL, 0);
     } else if (starts(t, "/big/")) {
         size_t n = strtoul(t + 5, NULL, 10);
         char *body = pattern(n);
@@ -234,6 +237,20 @@ static void test_http_server_response_bytes(void **state)
     ht_expect(&c, &r, 404);
     expect_bytes(&r, "HTTP/1.1 404 Not Found\r\nServer: ioloop\r\nDate: ",
                  "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+
+    /* Status lines: a long phrase, a code without one, and 204 without Content-Length. */
+    ht_send(&c, "GET /status/511 HTTP/1.1\r\n\r\nGET /status/299 HTTP/1.1\r\n\r\n"
+                "GET /status/204 HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 511);
+    expect_bytes(&r, "HTTP/1.1 511 Network Authentication Required\r\nServer: ioloop\r\nDate: ",
+                 "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+    ht_expect(&c, &r, 299);
+    expect_bytes(&r, "HTTP/1.1 299 \r\nServer: ioloop\r\nDate: ", "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+    ht_expect(&c, &r, 204);
+    expect_bytes(&r, "HTTP/1.1 204 No Content\r\nServer: ioloop\r\nDate: ", "\r\n\r\n");
     ht_response_free(&r);
     ht_close(&c);
 }
