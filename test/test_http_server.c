@@ -761,6 +761,33 @@ static void test_http_server_end_twice(void **state)
     ht_close(&c);
 }
 
+static void respond_first_held(struct ht_server *s);
+
+static void test_http_server_wrong_thread(void **state)
+{
+    struct ht_server *s = *state;
+    ioloop_http_request_t *req;
+    struct ht_client c;
+    struct ht_response r;
+
+    /* From another thread while the loop runs: refused, nothing changed; the loop's own
+     * thread then ends the request. */
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /hold HTTP/1.1\r\n\r\n");
+    req = ht_held(s, 0);
+    assert_int_equal(ioloop_http_add_header(req, "X", "y"), -EPERM);
+    assert_int_equal(ioloop_http_respond(req, 200, "x", 1), -EPERM);
+    assert_int_equal(ioloop_http_write_head(req, 200), -EPERM);
+    assert_int_equal(ioloop_http_write(req, "x", 1), -EPERM);
+    assert_int_equal(ioloop_http_finish(req), -EPERM);
+    ht_in_loop(s, respond_first_held);
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "done");
+    assert_null(ht_field(&r, "X"));
+    ht_response_free(&r);
+    ht_close(&c);
+}
+
 static void test_http_server_header_injection(void **state)
 {
     struct ht_server *s = *state;
@@ -1165,6 +1192,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_obs_fold_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_chunked_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_end_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_wrong_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_header_injection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_client_left, setup, teardown),
