@@ -5,7 +5,7 @@
 # then writes a CSV and a chart of the ratios (gnuplot) under bench-results/.
 #
 #   test/bench/run.sh [suite...]        suites: pingpong dispatch timers xthread logger idle
-#                                       scaling (default: all)
+#                                       scaling http (default: all)
 #   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point)
 #
 # To have every peer: apt-get install libuv1-dev libevent-dev libev-dev libspdlog-dev
@@ -16,7 +16,7 @@ cd "$(dirname "$0")/../.."
 
 build=${BUILD_DIR:-build-bench}
 out=bench-results
-all=(pingpong dispatch timers xthread logger idle scaling)
+all=(pingpong dispatch timers xthread logger idle scaling http)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 export REPEATS=${REPEATS:-3}
