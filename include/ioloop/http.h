@@ -26,7 +26,7 @@
  * Bad input never reaches the handler: a malformed request (or one that smuggles: both
  * Content-Length and Transfer-Encoding, differing or repeated Content-Lengths, obs-fold, a
  * field name with whitespace before its colon, a transfer coding that does not end in
- * chunked, a line end other than CRLF or LF — Debian's http-parser is built lenient, and the
+ * chunked, more than one Host field, a line end other than CRLF or LF — Debian's http-parser is built lenient, and the
  * server checks line ends itself) gets 400, an HTTP version other than 1.x 505, a head larger
  * than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a body larger than
  * max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not

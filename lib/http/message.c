@@ -303,6 +303,16 @@ const char *ioloop__http_msg_header(struct ioloop__http_msg *m, const char *name
     return first->joined;
 }
 
+unsigned ioloop__http_msg_count(const struct ioloop__http_msg *m, const char *name)
+{
+    size_t len = strlen(name);
+    unsigned n = 0;
+
+    for (uint32_t i = 0; i < m->nfields; i++)
+        n += name_is(m, &m->fields[i], name, len);
+    return n;
+}
+
 void ioloop__http_msg_reset(struct ioloop__http_msg *m, size_t keep)
 {
     for (uint32_t i = 0; i < m->nfields; i++)

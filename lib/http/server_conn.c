@@ -388,6 +388,8 @@ static int on_headers_complete(http_parser *p)
 
     if ((err = ioloop__http_msg_head_done(&req->msg)) < 0)
         return refuse(hc, err);
+    if (ioloop__http_msg_count(&req->msg, "Host") > 1)
+        return refuse(hc, -EBADMSG); /* which host is meant? (RFC 7230 §5.4) */
     if (p->http_major != 1) {
         hc->error = 505;
         return -1;
