@@ -255,6 +255,29 @@ static void test_http_server_response_bytes(void **state)
     ht_close(&c);
 }
 
+static void test_http_server_date_moves(void **state)
+{
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+    char first[30];
+
+    /* The cached Date follows the clock: a second later it says so. */
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /hello HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_true(ht_date_ok(ht_field(&r, "Date")));
+    snprintf(first, sizeof first, "%s", ht_field(&r, "Date"));
+    ht_response_free(&r);
+    usleep(1100 * 1000);
+    ht_send(&c, "GET /hello HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_true(ht_date_ok(ht_field(&r, "Date")));
+    assert_string_not_equal(ht_field(&r, "Date"), first);
+    ht_response_free(&r);
+    ht_close(&c);
+}
+
 static void test_http_server_own_fields(void **state)
 {
     struct ht_server *s = *state;
@@ -1176,6 +1199,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_http_server_response_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_date_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_own_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_keepalive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipelined_in_order, setup, teardown),
