@@ -28,7 +28,7 @@
 #define MAX_HEAD 256
 #define MAX_BODY 100
 #define HEAD_MS 300
-#define IDLE_MS 400
+#define IDLE_MS 600
 
 /* 200 with the request's body. */
 static void echo(ioloop_http_request_t *req, struct ht_server *s)
