@@ -483,8 +483,9 @@ static size_t on_data(ioloop_conn_t *conn, const char *data, size_t len)
         size_t lim = len - off, n;
         enum http_errno err;
 
-        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING) ||
-            (ioloop_conn_pending(conn) >= IOLOOP__HTTP_OUTPUT_HIGH && wait_output(hc))) {
+        if (ioloop_conn_pending(conn) >= IOLOOP__HTTP_OUTPUT_HIGH && !wait_output(hc))
+            return len; /* given up */
+        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING)) {
             pause_reading(hc); /* the rest stays with the connection until resumed */
             break;
         }
