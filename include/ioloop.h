@@ -11,7 +11,9 @@
 #include <ioloop/loop.h>
 #include <ioloop/pool.h>
 #include <ioloop/process.h>
+#include <ioloop/resolve.h>
 #include <ioloop/server.h>
+#include <ioloop/work.h>
 #if IOLOOP_HAVE_HTTP
 #include <ioloop/http.h>
 #endif

@@ -9,7 +9,9 @@
  *   build/samples/echo_server -t 10 &  build/samples/echo_client -c 10 -s 16 -t 5
  *
  * Options: -a ADDRESS (default 127.0.0.1:9000), -c CONNECTIONS (default 10),
- * -s MESSAGE_BYTES (default 16), -t SECONDS (default 5).
+ * -s MESSAGE_BYTES (default 16), -t SECONDS (default 5). The address may name its host:
+ * `-a localhost:9000` resolves localhost on the loop (ioloop_connect() takes host names) and
+ * connects to the first address that accepts.
  */
 #include <errno.h>
 #include <inttypes.h>

@@ -1,7 +1,7 @@
 /*
  * Unit tests of address handling in ioloop_server_new() and ioloop_connect()
- * (include/ioloop/server.h): every malformed address is refused with EINVAL (host names are
- * not resolved), the valid forms ("127.0.0.1:0", "0.0.0.0:0", "[::1]:0" when IPv6 loopback is
+ * (include/ioloop/server.h): every malformed address is refused with EINVAL (malformed host
+ * names included; well-formed ones are test_resolve.c's), the valid forms ("127.0.0.1:0", "0.0.0.0:0", "[::1]:0" when IPv6 loopback is
  * there, "unix:/path") bind and carry an echo round trip, a port or unix path in use is
  * EADDRINUSE, a regular file in the way is left untouched, a stale unix socket file is
  * replaced and ioloop_server_free() removes the socket file. Each test checks that the
@@ -79,8 +79,14 @@ static const char *const malformed[] = {
     "256.1.1.1:80",
     "1.2.3:80",
     "1.2.3.4.5:80",
-    "localhost:80",
-    "example.com:80",
+    "1.2.3.4.:80",
+    "local_host:80",
+    "-localhost:80",
+    "localhost-:80",
+    "local..host:80",
+    ".localhost:80",
+    "localhost..:80",
+    "local host:80",
     "[::1]",
     "[::1]:",
     "[::1]80",

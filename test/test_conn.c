@@ -26,15 +26,31 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <sys/epoll.h>
 #include <unistd.h>
 
 #include "helpers.h"
+
+/* The library's epoll_ctl() calls land in __wrap_epoll_ctl (test/meson.build links this
+ * test with --wrap), which counts the EPOLL_CTL_DELs and passes every call on. */
+int __real_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event);
+
+static atomic_int epoll_dels;
+
+int __wrap_epoll_ctl(int epfd, int op, int fd, struct epoll_event *event)
+{
+    if (op == EPOLL_CTL_DEL)
+        atomic_fetch_add(&epoll_dels, 1);
+    return __real_epoll_ctl(epfd, op, fd, event);
+}
 
 /* How long a test waits for something that should happen promptly before it fails. */
 #define WAIT_MS 10000
@@ -942,6 +958,39 @@ static void test_conn_peer_half_close(void **state)
     close(peer);
     free(back);
     free(out);
+    rec_destroy(&r);
+    env_close(&e);
+}
+
+/*
+ * A connection that ends closes its fd at once, and makes no EPOLL_CTL_DEL for it: closing
+ * the only reference drops the registration (one syscall per connection less, and no later
+ * call on a number another thread may have reused). The echo still works and the close is
+ * orderly.
+ */
+static void test_conn_close_makes_no_epoll_del(void **state)
+{
+    static struct env e;
+    static struct rec r;
+    char buf[5];
+    int peer;
+
+    (void)state;
+    env_open(&e, 0);
+    rec_init(&r, e.loop);
+    rec_connect(&r, e.address, &echo_handlers);
+    peer = accept_peer(e.lfd);
+    test_write_all(peer, "hello", 5);
+    test_read_exact(peer, buf, 5);
+    assert_memory_equal(buf, "hello", 5);
+    atomic_store(&epoll_dels, 0);
+    assert_int_equal(shutdown(peer, SHUT_WR), 0);
+    expect_eof(peer); /* our EOF made the connection close: its fd is closed */
+    assert_true(rec_wait_int(&r, &r.closes, 1));
+    rec_check_clean(&r);
+    assert_int_equal(r.close_err, 0);
+    assert_int_equal(atomic_load(&epoll_dels), 0);
+    close(peer);
     rec_destroy(&r);
     env_close(&e);
 }
@@ -1956,6 +2005,7 @@ int main(void)
         cmocka_unit_test(test_conn_drain_after_pending_write),
         cmocka_unit_test(test_conn_peer_reset_while_pending),
         cmocka_unit_test(test_conn_peer_half_close),
+        cmocka_unit_test(test_conn_close_makes_no_epoll_del),
         cmocka_unit_test(test_conn_idle_timeout_silent_peer),
         cmocka_unit_test(test_conn_idle_timeout_kept_alive),
         cmocka_unit_test(test_conn_idle_timeout_zero_disables),

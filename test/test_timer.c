@@ -25,9 +25,26 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 
 #include "helpers.h"
+
+/* The library's timerfd_settime() calls land in __wrap_timerfd_settime (test/meson.build
+ * links this test with --wrap), which counts them and passes each one on. */
+int __real_timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
+                           struct itimerspec *old_value);
+int __wrap_timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
+                           struct itimerspec *old_value);
+
+static atomic_int settime_calls;
+
+int __wrap_timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
+                           struct itimerspec *old_value)
+{
+    atomic_fetch_add(&settime_calls, 1);
+    return __real_timerfd_settime(fd, flags, new_value, old_value);
+}
 
 /* Sanitizers put freed memory in quarantine and pad every allocation, so the memory bounds
  * below are only asserted in plain builds (the figures are still printed). */
@@ -1510,6 +1527,82 @@ static void test_timer_bytes_per_timer(void **state)
     assert_int_equal(test_count_fds(), fds);
 }
 
+/*
+ * A connection arms a linger or idle timer and cancels it some iterations later; with one
+ * connection after another, the earliest deadline keeps moving later. That must not re-arm
+ * the timerfd each time (two syscalls per connection showed in the accept benchmark): the
+ * timerfd is left armed early and may fire before any timer is due, which then re-arms it
+ * for the real earliest deadline — which still fires on time, never before.
+ */
+struct churn {
+    int iterations;
+    int64_t current, early, later;
+    uint64_t later_at_us;       /* the earliest time `later` may fire */
+    uint64_t fired_at_us;
+    int settime_before, settime_after;
+};
+
+static void churn_later_fired(ioloop_t *loop, void *arg)
+{
+    struct churn *c = arg;
+
+    c->fired_at_us = test_now_us();
+    ioloop_stop(loop);
+}
+
+static void churn_never(ioloop_t *loop, void *arg)
+{
+    fail_msg("a cancelled timer ran");
+}
+
+static void churn_step(ioloop_t *loop, void *arg)
+{
+    struct churn *c = arg;
+
+    c->iterations++;
+    if (c->iterations == 2) /* the first iteration armed the timerfd */
+        c->settime_before = atomic_load(&settime_calls);
+    if (c->iterations <= 200) {
+        /* Cancel the timer of the iteration before, arm one a little later. */
+        if (c->current > 0)
+            assert_int_equal(ioloop_cancel_timer(loop, c->current), 0);
+        c->current = ioloop_run_after(loop, 5000, churn_never, c);
+        assert_true(c->current > 0);
+        assert_int_equal(ioloop_add_callback(loop, churn_step, c), 0); /* next iteration */
+        return;
+    }
+    if (c->iterations == 201) {
+        c->settime_after = atomic_load(&settime_calls);
+        assert_int_equal(ioloop_cancel_timer(loop, c->current), 0);
+        c->early = ioloop_run_after(loop, 30, churn_never, c); /* armed for, then cancelled */
+        assert_true(c->early > 0);
+        assert_int_equal(ioloop_add_callback(loop, churn_step, c), 0);
+        return;
+    }
+    assert_int_equal(ioloop_cancel_timer(loop, c->early), 0);
+    c->later_at_us = test_now_us() + 60 * 1000;
+    c->later = ioloop_run_after(loop, 60, churn_later_fired, c);
+    assert_true(c->later > 0);
+}
+
+static void test_timer_cancel_churn_does_not_rearm(void **state)
+{
+    static struct churn c;
+    ioloop_t *loop = ioloop_new();
+
+    (void)state;
+    assert_non_null(loop);
+    memset(&c, 0, sizeof c);
+    assert_int_equal(ioloop_add_callback(loop, churn_step, &c), 0);
+    atomic_store(&settime_calls, 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    /* 199 cancels of the earliest timer and as many later ones armed: not one re-arm. */
+    assert_int_equal(c.settime_after, c.settime_before);
+    /* The timerfd, left armed for the cancelled 30 ms timer, fired early and re-armed. */
+    assert_true(c.fired_at_us >= c.later_at_us);
+    ioloop_free(loop);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1534,6 +1627,7 @@ int main(void)
         cmocka_unit_test(test_timer_free_with_pending_timers),
         cmocka_unit_test(test_timer_stats),
         cmocka_unit_test(test_timer_wrong_thread),
+        cmocka_unit_test(test_timer_cancel_churn_does_not_rearm),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

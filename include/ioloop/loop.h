@@ -56,11 +56,12 @@ IOLOOP_EXPORT ioloop_t *ioloop_new(void);
  * Releases the loop's fds and memory. Every connection still open on the loop (accepted by a
  * server or made by ioloop_connect()) is closed first: its pending ioloop_conn_on_flushed()
  * callbacks and then its on_close run with -ECANCELED, in the calling thread, and its fd and
- * memory are released. Handlers, timers and signal handlers still registered are then
- * dropped without running (signals the loop blocked are unblocked again in the calling
- * thread, as ioloop_remove_signal() does); callbacks still queued (posted to a loop that was
- * not started again) are dropped without running. The fds the application registered are not
- * closed: they remain the application's. NULL is fine.
+ * memory are released. Lookups (ioloop_resolve()) whose answer is due get it; those still in
+ * flight get -ECANCELED, in the calling thread. Handlers, timers and signal handlers still
+ * registered are then dropped without running (signals the loop blocked are unblocked again
+ * in the calling thread, as ioloop_remove_signal() does); callbacks still queued (posted to a
+ * loop that was not started again) are dropped without running. The fds the application
+ * registered are not closed: they remain the application's. NULL is fine.
  * Loop thread, and never while ioloop_start() runs: doing so is a fatal programming error
  * (the process aborts with a message). No other thread may use the loop during or after this.
  */

@@ -22,8 +22,11 @@
  * discarding until the peer's EOF or IOLOOP_CONN_LINGER_MS, and only then closes the fd, so
  * the kernel never answers unread input with a reset that would destroy the queued output.
  *
- * Addresses: "127.0.0.1:8080", "0.0.0.0:0", "[::1]:9000", "unix:/path/to.sock". Hosts are
- * numeric (no name resolution, which would block a loop).
+ * Addresses: "127.0.0.1:8080", "0.0.0.0:0", "[::1]:9000", "unix:/path/to.sock", and host
+ * names: "localhost:6379", "db.internal:5432". ioloop_connect() looks a name up without
+ * blocking (include/ioloop/resolve.h); ioloop_server_new() takes names from /etc/hosts alone.
+ * A host name is RFC 1123's (see ioloop_resolve()); a host of digits and dots only must be a
+ * dotted quad ("127.1" is malformed).
  *
  * Every callback of a connection runs in its loop's thread: on_open once, then on_data zero or
  * more times (then on_eof, if the handler is set and the peer shut down its side), then
@@ -141,9 +144,13 @@ typedef struct ioloop_server_options {
  * (see ioloop_server_free()).
  * `options` may be NULL (the defaults). With reuseport, every listener ends up on the same
  * port, also for port 0 (ioloop_server_port() tells it).
+ * A host name is looked up at the call in /etc/hosts alone, never by DNS (a server must start
+ * without the network): the first line that lists it wins, IPv4 or IPv6 as that line says;
+ * "localhost" not listed at all is 127.0.0.1.
  * Returns the server, or NULL with errno: EINVAL (NULL pool or handlers, no on_data, malformed
  * address, a negative backlog, reuseport or proxy_protocol other than 0 or 1, reuseport with a
- * "unix:" address), EADDRINUSE, EACCES, EMFILE, ENOMEM.
+ * "unix:" address), ENOENT (a well-formed host name /etc/hosts does not list), ENOTSUP (a host
+ * name, and the library was built without c-ares), EADDRINUSE, EACCES, EMFILE, ENOMEM.
  * Any thread; that thread owns the server.
  */
 IOLOOP_EXPORT ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address,
@@ -236,9 +243,17 @@ IOLOOP_EXPORT void ioloop_server_free(ioloop_server_t *server);
  * Connects to `address` without blocking; the connection belongs to `loop`. on_open runs when
  * the connection is established, or on_close(conn, -ECONNREFUSED) (or the real errno) when it
  * fails — also when it fails at once. Writes made before on_open are buffered and sent then.
- * `handlers` is copied. Returns the connection, or NULL with errno: EINVAL (NULL loop or
- * handlers, no on_data, malformed address), EPERM (wrong thread), EMFILE, ENOMEM.
- * Loop thread.
+ * `handlers` is copied.
+ * A host name is looked up as ioloop_resolve() does, on the loop; the connection is returned
+ * at once, connecting (writes are buffered; ioloop_conn_fd() says -ENOTCONN until it has a
+ * socket), and its addresses are tried in turn, each on a socket of its own, until one
+ * connects. If none does, on_close gets the last one's error; if the lookup fails, its error
+ * (-ENOENT: no such name, -ETIMEDOUT: no DNS answer, ...). ioloop_conn_close() before it
+ * connected, with nothing written, ends it without connecting (on_close(conn, 0) after the
+ * call); with bytes written, they still go out once it connects, as for a numeric address.
+ * Returns the connection, or NULL with errno: EINVAL (NULL loop or handlers, no on_data,
+ * malformed address), EPERM (wrong thread), EMFILE, ENOMEM, ENOTSUP (a host name, and the
+ * library was built without c-ares). Loop thread.
  */
 IOLOOP_EXPORT ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
                                             const ioloop_conn_handlers_t *handlers, void *user);
@@ -348,7 +363,12 @@ IOLOOP_EXPORT int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_st
 IOLOOP_EXPORT int ioloop_address_format(const struct sockaddr *addr, socklen_t len, char *buf,
                                         size_t size);
 
-/** Returns the socket fd (the connection owns it: do not close it), or -EINVAL for NULL. */
+/**
+ * Returns the socket fd (the connection owns it: do not close it), -ENOTCONN while a
+ * connection to a host name has none yet (the fd may change as its addresses are tried),
+ * -EBADF once the connection died (its fd is closed before on_close runs), or -EINVAL for
+ * NULL.
+ */
 IOLOOP_EXPORT int ioloop_conn_fd(const ioloop_conn_t *conn);
 
 /** Returns the loop the connection belongs to, or NULL. */

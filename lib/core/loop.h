@@ -59,8 +59,12 @@ struct ioloop_owned {
 #define IOLOOP__UID_BITS 22
 #define IOLOOP__UID_MAX ((1u << IOLOOP__UID_BITS) - 1)
 
-/* The loop's connections (lib/net/conns.c); core only keeps the pointer. */
+/* The loop's connections (lib/net/conns.c) and lookups (lib/net/resolve.c); core only keeps
+ * the pointers. */
 struct ioloop_conns;
+struct ioloop_resolver;
+/* The work pools' completion inbox (lib/core/work.c); core only keeps the pointer. */
+struct ioloop_work_inbox;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -107,6 +111,10 @@ struct ioloop {
      * (ioloop_server_send), hence atomic. */
     struct ioloop_conns *_Atomic conns;
     _Atomic(void *) data;             /* ioloop_set_data() */
+    struct ioloop_resolver *resolver; /* made by the loop's first ioloop_resolve() */
+    /* Where work pools leave completed work (lib/core/work.c): created by the first
+     * submission for this loop, from any thread, hence atomic. */
+    struct ioloop_work_inbox *_Atomic work_inbox;
 
     struct ioloop_counters stats;
 };
@@ -122,8 +130,13 @@ int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events);
  * next epoll_wait for the epoll set (so that a re-registration in between costs one MOD). */
 void ioloop__handler_del(ioloop_t *loop, int fd);
 /* The same, but the epoll set forgets the fd now: for an fd about to be closed while other
- * threads may be opening fds (a connection's), whose number must not be used after the close. */
+ * threads may be opening fds (a listener's), whose number must not be used after the close. */
 void ioloop__handler_del_now(ioloop_t *loop, int fd);
+/* The same for an fd the caller closes right away, before the loop waits again (a
+ * connection's): closing the fd's only reference drops it from the epoll set, so no
+ * EPOLL_CTL_DEL is made. (Had the application dup'ed it, the registration would outlive the
+ * fd as an orphan, which the loop drops by rebuilding its set, as for any orphan.) */
+void ioloop__handler_forget(ioloop_t *loop, int fd);
 
 /* Queues `node` to run after the current handler or batch (see above). Loop thread; never
  * fails. */

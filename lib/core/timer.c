@@ -299,7 +299,11 @@ void ioloop__timers_arm(ioloop_t *loop)
     struct itimerspec its = {0};
 
     t->batch_seq = t->next_seq;
-    if (want == t->armed_us)
+    /* Re-arm only when the earliest deadline moved earlier. When it moved later (the earliest
+     * timer was cancelled, say a connection's linger or idle timer), the timerfd is left to
+     * fire early: that costs one wakeup when it comes, while re-arming now would cost a
+     * syscall for every cancel. Firing sets ARMED_FORCE, so the next call re-arms. */
+    if (want == t->armed_us || (t->armed_us != ARMED_FORCE && want > t->armed_us))
         return;
     /* A zero it_value would disarm; deadlines are never zero, even when already past. */
     if (want != ARMED_NONE) {

@@ -1,6 +1,7 @@
 /*
- * Addresses: parsing "host:port" strings (numeric hosts only: a loop must never block on name
- * resolution) and formatting socket addresses back into that form.
+ * Addresses: parsing "host:port" strings and formatting socket addresses back into that form.
+ * Hosts are numeric here, or host names checked against RFC 1123 and left to the resolver
+ * (lib/net/resolve.c): nothing here looks a name up, since a loop must never block on it.
  */
 #include "net/address.h"
 
@@ -92,6 +93,92 @@ static int parse_inet(const char *text, struct ioloop_address *addr)
     return 0;
 }
 
+int ioloop__address_set_ip(struct ioloop_address *addr, int family, const void *ip,
+                           uint16_t port)
+{
+    memset(addr, 0, sizeof *addr);
+    if (family == AF_INET) {
+        struct sockaddr_in *in = (struct sockaddr_in *)&addr->ss;
+
+        in->sin_family = AF_INET;
+        in->sin_port = htons(port);
+        memcpy(&in->sin_addr, ip, sizeof in->sin_addr);
+        addr->len = sizeof *in;
+        return 0;
+    }
+    if (family == AF_INET6) {
+        struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&addr->ss;
+
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons(port);
+        memcpy(&in6->sin6_addr, ip, sizeof in6->sin6_addr);
+        addr->len = sizeof *in6;
+        return 0;
+    }
+    return -EAFNOSUPPORT;
+}
+
+/* A dotted quad or an IPv6 address, into *addr (if not NULL) with `port` (host order). */
+static bool parse_numeric(const char *host, uint16_t port, struct ioloop_address *addr)
+{
+    unsigned char ip[sizeof(struct in6_addr)];
+    int family = inet_pton(AF_INET, host, ip) == 1    ? AF_INET
+                 : inet_pton(AF_INET6, host, ip) == 1 ? AF_INET6
+                                                      : AF_UNSPEC;
+
+    if (family == AF_UNSPEC)
+        return false;
+    if (addr != NULL)
+        ioloop__address_set_ip(addr, family, ip, port);
+    return true;
+}
+
+static bool is_letter_or_digit(char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+/* RFC 1123 section 2.1, with RFC 1035's length limits. */
+static bool is_host_name(const char *host)
+{
+    size_t len = strlen(host), label = 0;
+    bool only_digits_and_dots = true;
+
+    if (len > 0 && host[len - 1] == '.')
+        len--; /* the root: "example.com." is fully qualified */
+    if (len == 0 || len > IOLOOP__HOST_MAX - 1)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        char c = i < len ? host[i] : '.';
+
+        if (c == '.') {
+            if (label == 0 || label > 63 || host[i - 1] == '-')
+                return false;
+            label = 0;
+            continue;
+        }
+        if (c != '-' && !is_letter_or_digit(c))
+            return false;
+        if (c == '-' && label == 0)
+            return false;
+        if (c < '0' || c > '9')
+            only_digits_and_dots = false;
+        label++;
+    }
+    /* A dotted quad was taken as an address already: what looks numeric but is not one
+     * ("127.1", "1.2.3.4.5", "256.0.0.1") is a mistake, not a name to ask DNS about. */
+    return !only_digits_and_dots;
+}
+
+int ioloop__host_parse(const char *host, uint16_t port, struct ioloop_address *addr)
+{
+    if (host == NULL)
+        return -EINVAL;
+    if (parse_numeric(host, port, addr))
+        return IOLOOP__HOST_NUMERIC;
+    return is_host_name(host) ? IOLOOP__HOST_NAME : -EINVAL;
+}
+
 int ioloop__address_parse(const char *text, struct ioloop_address *addr)
 {
     if (text == NULL || addr == NULL)
@@ -102,6 +189,28 @@ int ioloop__address_parse(const char *text, struct ioloop_address *addr)
     if (text[0] == '[')
         return parse_inet6(text, addr);
     return parse_inet(text, addr);
+}
+
+int ioloop__address_parse_host(const char *text, struct ioloop_address *addr,
+                               struct ioloop_host *host)
+{
+    const char *colon;
+    in_port_t port;
+    size_t n;
+
+    if (ioloop__address_parse(text, addr) == 0)
+        return IOLOOP__HOST_NUMERIC;
+    if (text == NULL || host == NULL || (colon = strrchr(text, ':')) == NULL)
+        return -EINVAL;
+    n = (size_t)(colon - text);
+    if (n > IOLOOP__HOST_MAX || parse_port(colon + 1, &port) < 0)
+        return -EINVAL;
+    memcpy(host->name, text, n);
+    host->name[n] = '\0';
+    host->port = ntohs(port);
+    /* A numeric host would have parsed above: this is a name or nothing ("[::1", "::1"). */
+    return ioloop__host_parse(host->name, 0, NULL) == IOLOOP__HOST_NAME ? IOLOOP__HOST_NAME
+                                                                         : -EINVAL;
 }
 
 /* What snprintf() returned, as ioloop_address_format() returns it. */

@@ -27,7 +27,8 @@
  * to present again after a resume, the reaping of a dead connection). The node is in the
  * loop's deferred list exactly while todo is not 0. A DEAD connection is out of the handler
  * table at once; its on_close, close() and free run as deferred work, so on_close never runs
- * inside another call on the same connection.
+ * inside another call on the same connection. The fd itself is closed as the connection dies,
+ * before on_close runs.
  */
 #include "net/conn.h"
 
@@ -54,6 +55,7 @@ enum {
     F_REGISTERED = 0x80, /* in the handler table */
     F_PROXY = 0x100,     /* waiting for a PROXY header: not opened, and never on_close */
     F_PROXIED = 0x200,   /* cls is a struct proxied_class: the peer is the header's */
+    F_NAMED = 0x400,     /* connecting to a host name (lib/net/connect.c has its class) */
 };
 
 /* A PROXY header must be complete this long after the accept (API.md §6), so a client that
@@ -169,9 +171,11 @@ static uint8_t wanted_events(const ioloop_conn_t *conn)
 /* The connection stops being open to the application and to other threads' calls. */
 static void leave_open(ioloop_conn_t *conn)
 {
-    ioloop__conns_unpublish(conn->loop, conn_id(conn));
+    /* The owner's counters first: a thread that finds the id no longer open (the release
+     * store below) sees them updated too. */
     if (conn->cls->closing != NULL)
         conn->cls->closing(conn, !(conn->flags & F_PROXY));
+    ioloop__conns_unpublish(conn->loop, conn_id(conn));
 }
 
 /* The connection opens to the application: its owner counts it, on_open runs. */
@@ -193,10 +197,13 @@ static void finish(ioloop_conn_t *conn, int err)
         leave_open(conn);
     conn->state = IOLOOP__CONN_DEAD;
     conn->err = (int16_t)err;
-    if (conn->flags & F_REGISTERED)
-        ioloop__handler_del_now(conn->loop, conn->fd); /* reap() closes the fd */
-    conn->flags &= (uint16_t)~F_REGISTERED;
+    /* The fd goes now, and with it the registration: closing the only reference drops it
+     * from the epoll set, so there is no EPOLL_CTL_DEL, and no later call on a number another
+     * thread may have reused. */
+    ioloop__conn_detach(conn);
     stop_timer(conn);
+    if (conn->flags & F_NAMED)
+        ioloop__connect_done(conn);
     want(conn, T_REAP);
 }
 
@@ -210,8 +217,9 @@ static void watch(ioloop_conn_t *conn)
     uint8_t events = wanted_events(conn);
     int err;
 
-    if (conn->state == IOLOOP__CONN_DEAD || events == conn->events)
-        return;
+    if (conn->state == IOLOOP__CONN_DEAD || !(conn->flags & F_REGISTERED) ||
+        events == conn->events)
+        return; /* (a connection still resolving its name has no socket: nothing to watch) */
     if ((err = ioloop__handler_set(conn->loop, conn->fd, events)) < 0) {
         finish(conn, err);
         return;
@@ -248,7 +256,6 @@ static void reap(ioloop_conn_t *conn)
     run_flushed(conn, err, true);
     if (cls->handlers.on_close != NULL && !(conn->flags & F_PROXY))
         cls->handlers.on_close(conn, err);
-    close(conn->fd);
     ioloop__buf_free(&conn->in);
     ioloop__buf_free(&conn->out);
     ioloop__conns_remove(conn->loop, conn_id(conn));
@@ -393,8 +400,14 @@ static void after_send(ioloop_conn_t *conn, bool waited)
  * is refusing output: then only the callbacks already satisfied run). */
 static void flush(ioloop_conn_t *conn)
 {
-    if (conn->state == IOLOOP__CONN_DEAD || (conn->flags & F_CONNECTING))
+    if (conn->state == IOLOOP__CONN_DEAD)
         return;
+    if (conn->flags & F_CONNECTING) {
+        /* Closed before it had a socket, with nothing to deliver: no need to connect. */
+        if (conn->state == IOLOOP__CONN_CLOSING && conn->fd < 0 && conn->out == NULL)
+            finish(conn, 0);
+        return;
+    }
     if (!(conn->flags & F_BLOCKED) && pending(conn) > 0 && send_pending(conn) < 0)
         return;
     after_send(conn, false);
@@ -711,9 +724,14 @@ static void handle_connected(ioloop_conn_t *conn)
     if (getsockopt(conn->fd, SOL_SOCKET, SO_ERROR, &so_error, &len) < 0)
         so_error = errno;
     if (so_error != 0) {
-        finish(conn, -so_error);
+        if (conn->flags & F_NAMED)
+            ioloop__connect_next(conn, -so_error); /* the name's next address, if any */
+        else
+            finish(conn, -so_error);
         return;
     }
+    if (conn->flags & F_NAMED)
+        ioloop__connect_done(conn);
     conn->flags &= (uint16_t)~F_CONNECTING;
     touch(conn);
     watch(conn);
@@ -787,18 +805,23 @@ ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_clas
     conn->cls = cls;
     conn->work.fn = on_work;
     conn->state = IOLOOP__CONN_OPEN;
-    conn->flags = start == IOLOOP__CONN_CONNECTING ? F_CONNECTING : 0;
+    /* An outgoing connection's class is its own; for a name, it is connect.c's kind. */
+    conn->flags = start == IOLOOP__CONN_CONNECTING  ? F_CONNECTING | F_OWN_CLASS
+                  : start == IOLOOP__CONN_RESOLVING ? F_CONNECTING | F_OWN_CLASS | F_NAMED
+                                                    : 0;
     if ((err = ioloop__conns_add(loop, conn, &id)) < 0)
         goto fail;
     conn->slot = ioloop__conn_id_slot(id);
-    conn->events = wanted_events(conn);
-    if ((err = ioloop__handler_add(loop, fd, conn->events, on_event, conn)) < 0) {
-        ioloop__conns_remove(loop, id);
-        goto fail;
+    if (start != IOLOOP__CONN_RESOLVING) {
+        conn->events = wanted_events(conn);
+        if ((err = ioloop__handler_add(loop, fd, conn->events, on_event, conn)) < 0) {
+            ioloop__conns_remove(loop, id);
+            goto fail;
+        }
+        conn->flags |= F_REGISTERED;
     }
-    conn->flags |= F_REGISTERED;
     touch(conn);
-    if (start == IOLOOP__CONN_CONNECTING) {
+    if (start == IOLOOP__CONN_CONNECTING || start == IOLOOP__CONN_RESOLVING) {
         ioloop__conns_publish(loop, id, cls->owner); /* its owner is the application */
     } else if (start == IOLOOP__CONN_PROXIED) {
         conn->flags |= F_PROXY;
@@ -816,6 +839,29 @@ fail:
     free(conn);
     errno = -err;
     return NULL;
+}
+
+int ioloop__conn_attach(ioloop_conn_t *conn, int fd)
+{
+    uint8_t events = wanted_events(conn);
+    int err = ioloop__handler_add(conn->loop, fd, events, on_event, conn);
+
+    if (err < 0)
+        return err;
+    conn->fd = fd;
+    conn->events = events;
+    conn->flags |= F_REGISTERED;
+    return 0;
+}
+
+void ioloop__conn_detach(ioloop_conn_t *conn)
+{
+    if (conn->flags & F_REGISTERED)
+        ioloop__handler_forget(conn->loop, conn->fd); /* the close below drops it */
+    conn->flags &= (uint16_t)~F_REGISTERED;
+    if (conn->fd >= 0)
+        close(conn->fd);
+    conn->fd = -1;
 }
 
 /* ---- Pausing, limits, idle timeout ------------------------------------------------------ */
@@ -911,59 +957,6 @@ int ioloop_conn_set_idle_timeout(ioloop_conn_t *conn, uint64_t ms)
     return 0;
 }
 
-/* ---- Outgoing connections --------------------------------------------------------------- */
-
-ioloop_conn_t *ioloop_connect(ioloop_t *loop, const char *address,
-                              const ioloop_conn_handlers_t *handlers, void *user)
-{
-    struct ioloop_address addr;
-    struct ioloop_conn_class *cls;
-    ioloop_conn_t *conn;
-    int fd, err, connect_err = 0;
-
-    if (loop == NULL || handlers == NULL || handlers->on_data == NULL ||
-        ioloop__address_parse(address, &addr) < 0) {
-        errno = EINVAL;
-        return NULL;
-    }
-    if ((err = ioloop__check_thread(loop)) < 0) {
-        errno = -err;
-        return NULL;
-    }
-    cls = malloc(sizeof *cls);
-    if (cls == NULL)
-        return NULL;
-    *cls = (struct ioloop_conn_class){
-        .handlers = *handlers,
-        .user = user,
-        .max_input = IOLOOP_CONN_MAX_INPUT,
-        .max_output = IOLOOP_CONN_MAX_OUTPUT,
-    };
-    fd = socket(addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        free(cls);
-        return NULL;
-    }
-    if (addr.ss.ss_family != AF_UNIX)
-        ioloop__socket_nodelay(fd);
-    /* Even an immediate result goes through the handler (a connected socket is writable), so
-     * on_open never runs before the caller has the connection. */
-    if (connect(fd, (struct sockaddr *)&addr.ss, addr.len) < 0 && errno != EINPROGRESS)
-        connect_err = errno == EAGAIN ? -ECONNREFUSED : -errno;
-    conn = ioloop__conn_open(loop, fd, cls, IOLOOP__CONN_CONNECTING);
-    if (conn == NULL) {
-        err = errno;
-        close(fd);
-        free(cls);
-        errno = err;
-        return NULL;
-    }
-    conn->flags |= F_OWN_CLASS;
-    if (connect_err < 0)
-        finish(conn, connect_err); /* on_close reports it after this call */
-    return conn;
-}
-
 /* ---- Accessors -------------------------------------------------------------------------- */
 
 int ioloop_conn_peer(const ioloop_conn_t *conn, struct sockaddr_storage *addr, socklen_t *len)
@@ -993,7 +986,11 @@ uint64_t ioloop_conn_id(const ioloop_conn_t *conn)
 
 int ioloop_conn_fd(const ioloop_conn_t *conn)
 {
-    return conn != NULL ? conn->fd : -EINVAL;
+    if (conn == NULL)
+        return -EINVAL;
+    if (conn->fd >= 0)
+        return conn->fd;
+    return conn->state == IOLOOP__CONN_DEAD ? -EBADF : -ENOTCONN; /* or a name being looked up */
 }
 
 ioloop_t *ioloop_conn_loop(const ioloop_conn_t *conn)

@@ -64,14 +64,29 @@ enum ioloop_conn_start {
     IOLOOP__CONN_ACCEPTED,   /* open at once: on_open runs inside ioloop__conn_open() */
     IOLOOP__CONN_PROXIED,    /* a PROXY protocol header comes first; on_open once it came */
     IOLOOP__CONN_CONNECTING, /* connect() in progress; on_open once it completed */
+    IOLOOP__CONN_RESOLVING,  /* no socket yet (fd is -1): its owner connects it later */
 };
 
-/* Loop thread: a connection for a socket, registered in the loop. Returns the connection, or
- * NULL with errno (ENOMEM, EMFILE, or what registering fd failed with), in which case nothing
- * ran and the caller still owns fd. `cls` must outlive the connection. */
+/* Loop thread: a connection for a socket, registered in the loop (for RESOLVING, fd is -1 and
+ * nothing is registered). Returns the connection, or NULL with errno (ENOMEM, EMFILE, or what
+ * registering fd failed with), in which case nothing ran and the caller still owns fd and
+ * cls. `cls` must outlive the connection; an outgoing connection's (CONNECTING, RESOLVING) is
+ * its own from then on, freed with it. */
 ioloop_conn_t *ioloop__conn_open(ioloop_t *loop, int fd, struct ioloop_conn_class *cls,
                                  enum ioloop_conn_start start);
 /* Loop thread: closes the connection at once with `err`; on_close follows (deferred). */
 void ioloop__conn_abort(ioloop_conn_t *conn, int err);
+
+/* Loop thread, for a connection still connecting: gives it fd, registered to wait for the
+ * connect to complete (0, or a negative errno and fd is still the caller's); takes its fd
+ * away and closes it. */
+int ioloop__conn_attach(ioloop_conn_t *conn, int fd);
+void ioloop__conn_detach(ioloop_conn_t *conn);
+
+/* lib/net/connect.c, for a connection to a host name (RESOLVING): the connect to its
+ * current address failed with err, so try the next one, or end with err when none is left;
+ * it connected or ended, so the lookup and its addresses go. */
+void ioloop__connect_next(ioloop_conn_t *conn, int err);
+void ioloop__connect_done(ioloop_conn_t *conn);
 
 #endif /* IOLOOP_LIB_CONN_H */

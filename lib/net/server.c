@@ -32,6 +32,7 @@
 #include "net/conn.h"
 #include "net/conns.h"
 #include "net/listener.h"
+#include "net/resolve.h"
 
 #define DEFAULT_BACKLOG 4096 /* the kernel caps it at net.core.somaxconn */
 
@@ -98,13 +99,22 @@ static void counter_sub(_Atomic uint64_t *counter, uint64_t n)
     atomic_fetch_sub_explicit(counter, n, memory_order_relaxed);
 }
 
-/* One fd or connection fewer; the server may be freed as soon as the last one is gone. */
+/*
+ * One fd or connection fewer; the server may be freed as soon as the last one is gone. The
+ * decrement that may reach zero is made under the lock that the waiters check `live` under:
+ * a waiter that sees zero cannot free the server while this thread still signals it.
+ */
 static void live_drop(ioloop_server_t *server)
 {
-    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) != 1)
-        return;
+    uint64_t live = atomic_load_explicit(&server->live, memory_order_relaxed);
+
+    while (live > 1)
+        if (atomic_compare_exchange_weak_explicit(&server->live, &live, live - 1,
+                                                  memory_order_release, memory_order_relaxed))
+            return;
     pthread_mutex_lock(&server->lock);
-    pthread_cond_broadcast(&server->cond);
+    if (atomic_fetch_sub_explicit(&server->live, 1, memory_order_acq_rel) == 1)
+        pthread_cond_broadcast(&server->cond);
     pthread_mutex_unlock(&server->lock);
 }
 
@@ -413,8 +423,13 @@ ioloop_server_t *ioloop_server_new_opts(ioloop_pool_t *pool, const char *address
     int nloops = ioloop_pool_size(pool), err;
 
     if (pool == NULL || handlers == NULL || handlers->on_data == NULL ||
-        ioloop__address_parse(address, &addr) < 0 || !valid_options(o, &addr)) {
+        (err = ioloop__address_parse_local(address, &addr)) == -EINVAL ||
+        (err == 0 && !valid_options(o, &addr))) {
         errno = EINVAL;
+        return NULL;
+    }
+    if (err < 0) { /* a name not in /etc/hosts (ENOENT), no resolver (ENOTSUP), ENOMEM */
+        errno = -err;
         return NULL;
     }
     server = calloc(1, sizeof *server);

@@ -4,13 +4,16 @@
 Each suite prints lines of the form (tab-separated)
     RESULT  suite  impl  params  unit  value  higher|lower
 with medians already taken. For every (suite, params, unit) row this prints each
-implementation's figure and its ratio to the row's reference: the hand-written raw epoll
-program where the suite has one, else the best peer (the best non-ioloop figure). A ratio
-above 1 is better than the reference, whichever way the unit runs (higher or lower).
+implementation's figure and its ratio to the row's reference: the suite's own reference
+where it names one (nginx for accept, whose bars are set against it), else the hand-written
+raw epoll program where the suite has one, else the best peer (the best non-ioloop figure).
+A ratio above 1 is better than the reference, whichever way the unit runs (higher or lower).
+Each ioloop server of a row ("ioloop", and "ioloop-reuseport" where a suite runs the
+reuseport mode beside the default) is also compared with the best peer.
 
 Usage: report.py RESULTS_FILE OUT_DIR [TITLE]
 Writes OUT_DIR/results.csv and, when gnuplot is installed, OUT_DIR/ratios.svg: ioloop's
-ratio to the best peer for every row.
+ratio to the best peer for every row (one bar per ioloop server of the row).
 """
 import collections
 import csv
@@ -19,8 +22,12 @@ import shutil
 import subprocess
 import sys
 
-IOLOOP_IMPLS = ("ioloop", "ioloop-core")
+IOLOOP_IMPLS = ("ioloop", "ioloop-core", "ioloop-reuseport")
+# The ioloop servers compared with the best peer in the summary lines and the chart.
+COMPARED_IMPLS = ("ioloop", "ioloop-reuseport")
 REFERENCE_IMPL = "raw-epoll"
+# Suites whose bars are set against one peer: that peer is their reference.
+SUITE_REFERENCES = {"accept": "nginx"}
 
 
 def read_results(path):
@@ -63,23 +70,31 @@ def main():
     for (row_suite, params, unit), row in rows.items():
         values, better = row["values"], row["better"]
         peer_name, peer_value = best_peer(values, better)
-        ref_name = REFERENCE_IMPL if REFERENCE_IMPL in values else peer_name
+        suite_ref = SUITE_REFERENCES.get(row_suite)
+        if suite_ref in values:
+            ref_name = suite_ref
+        else:
+            ref_name = REFERENCE_IMPL if REFERENCE_IMPL in values else peer_name
         ref_value = values.get(ref_name) if ref_name else None
         if row_suite != suite:
             suite = row_suite
+            ref_text = suite_ref or f"{REFERENCE_IMPL} where present, else the best peer"
             print(f"\n== {suite}  (ratio > 1: better than the reference; "
-                  f"reference = {REFERENCE_IMPL} where present, else the best peer)")
+                  f"reference = {ref_text})")
         print(f"  {params}  [{unit}, {better} is better]")
         for impl, value in values.items():
             r = ratio(value, ref_value, better) if ref_value else float("nan")
             mark = "  (reference)" if impl == ref_name else ""
-            print(f"    {impl:<14} {value:>14.2f}   x{r:5.2f}{mark}")
+            print(f"    {impl:<17} {value:>14.2f}   x{r:5.2f}{mark}")
             csv_rows.append([row_suite, params, unit, better, impl, value,
                              ref_name or "", "" if r != r else f"{r:.3f}"])
-        if "ioloop" in values and peer_value:
-            vs_peer = ratio(values["ioloop"], peer_value, better)
-            print(f"    ioloop vs best peer ({peer_name}): x{vs_peer:.2f}")
-            chart.append((f"{row_suite} {params} {unit}", vs_peer))
+        compared = [impl for impl in COMPARED_IMPLS if impl in values]
+        if compared and peer_value:
+            for impl in compared:
+                vs_peer = ratio(values[impl], peer_value, better)
+                print(f"    {impl} vs best peer ({peer_name}): x{vs_peer:.2f}")
+                label = "" if impl == "ioloop" else f" {impl}"
+                chart.append((f"{row_suite} {params} {unit}{label}", vs_peer))
         elif "ioloop" in values and REFERENCE_IMPL in values:
             chart.append((f"{row_suite} {params} vs raw", ratio(values["ioloop"],
                                                              values[REFERENCE_IMPL], better)))

@@ -5,18 +5,19 @@
 # then writes a CSV and a chart of the ratios (gnuplot) under bench-results/.
 #
 #   test/bench/run.sh [suite...]        suites: pingpong dispatch timers xthread logger idle
-#                                       scaling http (default: all)
-#   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point)
+#                                       scaling accept work http (default: all)
+#   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point, accept
+#   per run), CLIENT (accept: accept_client or ab), SYSCALLS (accept: 1 counts syscalls)
 #
 # To have every peer: apt-get install libuv1-dev libevent-dev libev-dev libspdlog-dev
-# gnuplot-nox. Run it on a quiet machine: the suites pin the measured thread to CPU 0 and the
-# load to CPU 1.
+# nginx-light apache2-utils gnuplot-nox. Run it on a quiet machine: the suites pin the
+# measured thread to CPU 0 and the load to CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 build=${BUILD_DIR:-build-bench}
 out=bench-results
-all=(pingpong dispatch timers xthread logger idle scaling http)
+all=(pingpong dispatch timers xthread logger idle scaling accept work http)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 export REPEATS=${REPEATS:-3}
