@@ -13,6 +13,7 @@
 #include <ioloop/process.h>
 #include <ioloop/resolve.h>
 #include <ioloop/server.h>
+#include <ioloop/work.h>
 #if IOLOOP_HAVE_HTTP
 #include <ioloop/http.h>
 #endif

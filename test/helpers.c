@@ -12,6 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -27,6 +30,47 @@ int test_count_fds(void)
         n++;
     closedir(dir);
     return n - 3; /* ".", ".." and the directory's own fd */
+}
+
+/* PF_EXITING in the flags field of /proc/<pid>/task/<tid>/stat (include/linux/sched.h). */
+#define TASK_PF_EXITING 0x4u
+
+/* Whether task `tid` of this process is alive: listed and not exiting. */
+static bool task_alive(const char *tid)
+{
+    char path[64], buf[512];
+    unsigned flags = 0;
+    const char *p;
+    ssize_t n;
+    int fd;
+
+    snprintf(path, sizeof path, "/proc/self/task/%s/stat", tid);
+    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
+        return false; /* gone meanwhile */
+    n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    /* After the command name, in parentheses: state ppid pgrp session tty_nr tpgid flags. */
+    p = strrchr(buf, ')');
+    assert_non_null(p);
+    assert_int_equal(sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %u", &flags), 1);
+    return !(flags & TASK_PF_EXITING);
+}
+
+int test_count_threads(void)
+{
+    DIR *dir = opendir("/proc/self/task");
+    struct dirent *ent;
+    int n = 0;
+
+    assert_non_null(dir);
+    while ((ent = readdir(dir)) != NULL)
+        if (ent->d_name[0] != '.' && task_alive(ent->d_name))
+            n++;
+    closedir(dir);
+    return n;
 }
 
 uint64_t test_now_us(void)

@@ -14,6 +14,10 @@
 /* The number of entries in /proc/self/fd (the directory's own fd excluded). */
 int test_count_fds(void);
 
+/* The live threads of this process: entries of /proc/self/task not marked exiting (a thread
+ * joined with pthread_join() may stay listed for a moment, but it is marked). */
+int test_count_threads(void);
+
 /* CLOCK_MONOTONIC in microseconds. */
 uint64_t test_now_us(void);
 

@@ -67,20 +67,6 @@
 
 /* ---- Small tools -------------------------------------------------------------------------- */
 
-/* The threads of this process. */
-static int count_threads(void)
-{
-    DIR *dir = opendir("/proc/self/task");
-    struct dirent *e;
-    int n = 0;
-
-    assert_non_null(dir);
-    while ((e = readdir(dir)) != NULL)
-        if (e->d_name[0] != '.')
-            n++;
-    closedir(dir);
-    return n;
-}
 
 /* A client socket whose connect to 127.0.0.1:port is in progress (or done). */
 static int connect_nb(int port)
@@ -453,11 +439,11 @@ static void test_accept_options_null_is_default(void **state)
 
         acc_init(&r, &a);
         acc_open_opts(&s, &r, 2, options[i], false);
-        threads = count_threads();
+        threads = test_count_threads();
         assert_int_equal(listeners_on(s.port).n, 1);
         assert_int_equal(listeners_on(s.port).backlog, somaxconn < 4096 ? somaxconn : 4096);
         assert_int_equal(ioloop_server_start(s.server), 0);
-        assert_int_equal(count_threads(), threads + 1); /* the acceptor */
+        assert_int_equal(test_count_threads(), threads + 1); /* the acceptor */
         for (int n = 0; n < 4; n++)
             echo_client(s.port, n);
         assert_true(tc_wait(&r, &r.closes, 4));
@@ -586,17 +572,17 @@ static void test_accept_reuseport_one_port_no_acceptor(void **state)
         ioloop_server_options_t o = { .reuseport = 1, .backlog = 77 };
         struct acc_server s, d;
         struct listeners l;
-        int threads, base = count_threads();
+        int threads, base = test_count_threads();
 
         acc_init(&r, &a);
         acc_open_opts(&s, &r, nloops[k], &o, false);
-        threads = count_threads();
+        threads = test_count_threads();
         assert_int_equal(threads, base + nloops[k]);
         l = listeners_on(s.port);
         assert_int_equal(l.n, nloops[k]);
         assert_int_equal(l.backlog, 77);
         assert_int_equal(ioloop_server_start(s.server), 0);
-        assert_int_equal(count_threads(), threads);
+        assert_int_equal(test_count_threads(), threads);
         assert_int_equal(ioloop_server_start(s.server), -EALREADY);
         for (int n = 0; n < 8; n++)
             echo_client(s.port, n);
@@ -604,16 +590,16 @@ static void test_accept_reuseport_one_port_no_acceptor(void **state)
         acc_check_clean(&r);
         acc_close(&s);
         tc_rec_destroy(&r);
-        assert_int_equal(count_threads(), base);
+        assert_int_equal(test_count_threads(), base);
 
         /* The default mode, for comparison: one listener, one more thread. */
         acc_init(&r, &a);
         acc_open(&d, &r, nloops[k], 0);
-        assert_int_equal(count_threads(), base + nloops[k] + 1);
+        assert_int_equal(test_count_threads(), base + nloops[k] + 1);
         assert_int_equal(listeners_on(d.port).n, 1);
         acc_close(&d);
         tc_rec_destroy(&r);
-        assert_int_equal(count_threads(), base);
+        assert_int_equal(test_count_threads(), base);
     }
 }
 

@@ -77,6 +77,7 @@ static bool starts(const char *s, const char *prefix)
  * /inject     add_header attempts (codes noted), then 200
  * /lookup     200 "method|target|x-dup|host|missing"
  * /close      200 with the application's Connection: close
+ * /status/N   status N, no body
  * /big/N      200 with N bytes of pattern (pattern())
  * /stream-big write_head, a write beyond the output limit (code noted), "0123456789", finish
  */
@@ -154,6 +155,8 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
                          missing != NULL ? missing : "(null)");
 
         ioloop_http_respond(req, 200, body, (size_t)n);
+    } else if (starts(t, "/status/")) {
+        ioloop_http_respond(req, atoi(t + 8), NULL, 0);
     } else if (starts(t, "/big/")) {
         size_t n = strtoul(t + 5, NULL, 10);
         char *body = pattern(n);
@@ -234,6 +237,43 @@ static void test_http_server_response_bytes(void **state)
     ht_expect(&c, &r, 404);
     expect_bytes(&r, "HTTP/1.1 404 Not Found\r\nServer: ioloop\r\nDate: ",
                  "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+
+    /* Status lines: a long phrase, a code without one, and 204 without Content-Length. */
+    ht_send(&c, "GET /status/511 HTTP/1.1\r\n\r\nGET /status/299 HTTP/1.1\r\n\r\n"
+                "GET /status/204 HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 511);
+    expect_bytes(&r, "HTTP/1.1 511 Network Authentication Required\r\nServer: ioloop\r\nDate: ",
+                 "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+    ht_expect(&c, &r, 299);
+    expect_bytes(&r, "HTTP/1.1 299 \r\nServer: ioloop\r\nDate: ", "\r\nContent-Length: 0\r\n\r\n");
+    ht_response_free(&r);
+    ht_expect(&c, &r, 204);
+    expect_bytes(&r, "HTTP/1.1 204 No Content\r\nServer: ioloop\r\nDate: ", "\r\n\r\n");
+    ht_response_free(&r);
+    ht_close(&c);
+}
+
+static void test_http_server_date_moves(void **state)
+{
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+    char first[30];
+
+    /* The cached Date follows the clock: a second later it says so. */
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /hello HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_true(ht_date_ok(ht_field(&r, "Date")));
+    snprintf(first, sizeof first, "%s", ht_field(&r, "Date"));
+    ht_response_free(&r);
+    usleep(1100 * 1000);
+    ht_send(&c, "GET /hello HTTP/1.1\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_true(ht_date_ok(ht_field(&r, "Date")));
+    assert_string_not_equal(ht_field(&r, "Date"), first);
     ht_response_free(&r);
     ht_close(&c);
 }
@@ -744,6 +784,33 @@ static void test_http_server_end_twice(void **state)
     ht_close(&c);
 }
 
+static void respond_first_held(struct ht_server *s);
+
+static void test_http_server_wrong_thread(void **state)
+{
+    struct ht_server *s = *state;
+    ioloop_http_request_t *req;
+    struct ht_client c;
+    struct ht_response r;
+
+    /* From another thread while the loop runs: refused, nothing changed; the loop's own
+     * thread then ends the request. */
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /hold HTTP/1.1\r\n\r\n");
+    req = ht_held(s, 0);
+    assert_int_equal(ioloop_http_add_header(req, "X", "y"), -EPERM);
+    assert_int_equal(ioloop_http_respond(req, 200, "x", 1), -EPERM);
+    assert_int_equal(ioloop_http_write_head(req, 200), -EPERM);
+    assert_int_equal(ioloop_http_write(req, "x", 1), -EPERM);
+    assert_int_equal(ioloop_http_finish(req), -EPERM);
+    ht_in_loop(s, respond_first_held);
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "done");
+    assert_null(ht_field(&r, "X"));
+    ht_response_free(&r);
+    ht_close(&c);
+}
+
 static void test_http_server_header_injection(void **state)
 {
     struct ht_server *s = *state;
@@ -1132,6 +1199,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_http_server_response_bytes, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_date_moves, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_own_fields, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_keepalive, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipelined_in_order, setup, teardown),
@@ -1148,6 +1216,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_obs_fold_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_chunked_response, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_end_twice, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_wrong_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_header_injection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_client_left, setup, teardown),

@@ -37,48 +37,6 @@
 
 /* ---- Small helpers ---------------------------------------------------------------------- */
 
-/* PF_EXITING in the flags field of /proc/<pid>/task/<tid>/stat (include/linux/sched.h). */
-#define TASK_PF_EXITING 0x4u
-
-/* Whether task `tid` of this process is alive: listed and not exiting. A joined thread may
- * stay listed for a moment after pthread_join() returns, but it is marked as exiting. */
-static bool task_alive(const char *tid)
-{
-    char path[64], buf[512];
-    unsigned flags = 0;
-    const char *p;
-    ssize_t n;
-    int fd;
-
-    snprintf(path, sizeof path, "/proc/self/task/%s/stat", tid);
-    if ((fd = open(path, O_RDONLY | O_CLOEXEC)) < 0)
-        return false; /* gone meanwhile */
-    n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return false;
-    buf[n] = '\0';
-    /* After the command name, in parentheses: state ppid pgrp session tty_nr tpgid flags. */
-    p = strrchr(buf, ')');
-    assert_non_null(p);
-    assert_int_equal(sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %u", &flags), 1);
-    return !(flags & TASK_PF_EXITING);
-}
-
-/* The number of live threads of this process (entries of /proc/self/task). */
-static int count_threads(void)
-{
-    DIR *dir = opendir("/proc/self/task");
-    struct dirent *ent;
-    int n = 0;
-
-    assert_non_null(dir);
-    while ((ent = readdir(dir)) != NULL)
-        if (ent->d_name[0] != '.' && task_alive(ent->d_name))
-            n++;
-    closedir(dir);
-    return n;
-}
 
 /* A counter another thread bumps and the test thread waits on. */
 struct waiter {
@@ -184,14 +142,14 @@ static void noop_cb(ioloop_t *loop, void *arg)
 
 static void test_pool_size_and_loops(void **state)
 {
-    int threads = count_threads();
+    int threads = test_count_threads();
     int fds = test_count_fds();
     ioloop_pool_t *pool = ioloop_pool_new(2);
     ioloop_t *l0, *l1;
 
     (void)state;
     assert_non_null(pool);
-    assert_int_equal(count_threads(), threads + 2);
+    assert_int_equal(test_count_threads(), threads + 2);
     assert_int_equal(ioloop_pool_size(pool), 2);
     l0 = ioloop_pool_loop(pool, 0);
     l1 = ioloop_pool_loop(pool, 1);
@@ -215,13 +173,13 @@ static void test_pool_size_and_loops(void **state)
 
     ioloop_pool_free(pool);
     ioloop_pool_free(NULL);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 }
 
 static void test_pool_next_round_robin(void **state)
 {
-    int threads = count_threads();
+    int threads = test_count_threads();
     int fds = test_count_fds();
     ioloop_pool_t *pool = ioloop_pool_new(2);
     ioloop_pool_t *pool3;
@@ -253,13 +211,13 @@ static void test_pool_next_round_robin(void **state)
         assert_true(seq[i] == ioloop_pool_loop(pool3, 0) || seq[i] == ioloop_pool_loop(pool3, 1) ||
                     seq[i] == ioloop_pool_loop(pool3, 2));
     ioloop_pool_free(pool3);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 }
 
 static void test_pool_loops_running_in_own_threads(void **state)
 {
-    int threads = count_threads();
+    int threads = test_count_threads();
     int fds = test_count_fds();
     ioloop_pool_t *pool = ioloop_pool_new(2);
     struct probe p0, p1;
@@ -294,13 +252,13 @@ static void test_pool_loops_running_in_own_threads(void **state)
     ioloop_pool_free(pool);
     close(pipefd[0]);
     close(pipefd[1]);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 }
 
 static void test_pool_threads_block_signals(void **state)
 {
-    int threads = count_threads();
+    int threads = test_count_threads();
     int fds = test_count_fds();
     sigset_t before, after, probe_set;
     ioloop_pool_t *pool;
@@ -325,14 +283,14 @@ static void test_pool_threads_block_signals(void **state)
         assert_int_equal(p.unblocked, 0);
     }
     ioloop_pool_free(pool);
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 }
 
 static void test_pool_zero_is_one_loop_per_cpu(void **state)
 {
     int fds = test_count_fds();
-    int threads = count_threads();
+    int threads = test_count_threads();
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
     int nloops[] = { 0, -3 };
 
@@ -343,7 +301,7 @@ static void test_pool_zero_is_one_loop_per_cpu(void **state)
 
         assert_non_null(pool);
         assert_int_equal(ioloop_pool_size(pool), cpus);
-        assert_int_equal(count_threads(), threads + cpus);
+        assert_int_equal(test_count_threads(), threads + cpus);
         for (int i = 0; i < (int)cpus; i++) {
             struct probe p;
 
@@ -352,7 +310,7 @@ static void test_pool_zero_is_one_loop_per_cpu(void **state)
         }
         assert_null(ioloop_pool_loop(pool, (int)cpus));
         ioloop_pool_free(pool);
-        assert_int_equal(count_threads(), threads);
+        assert_int_equal(test_count_threads(), threads);
     }
     assert_int_equal(test_count_fds(), fds);
 }
@@ -360,17 +318,17 @@ static void test_pool_zero_is_one_loop_per_cpu(void **state)
 static void test_pool_free_restores_threads_and_fds(void **state)
 {
     int fds = test_count_fds();
-    int threads = count_threads();
+    int threads = test_count_threads();
 
     (void)state;
     for (int round = 0; round < 20; round++) {
         ioloop_pool_t *pool = ioloop_pool_new(COUNTED_LOOPS);
 
         assert_non_null(pool);
-        assert_int_equal(count_threads(), threads + COUNTED_LOOPS);
+        assert_int_equal(test_count_threads(), threads + COUNTED_LOOPS);
         assert_true(test_count_fds() > fds);
         ioloop_pool_free(pool);
-        assert_int_equal(count_threads(), threads);
+        assert_int_equal(test_count_threads(), threads);
         assert_int_equal(test_count_fds(), fds);
     }
 }
@@ -407,7 +365,7 @@ static void posted_cb(ioloop_t *loop, void *arg)
 static void test_pool_free_runs_posted_callbacks(void **state)
 {
     int fds = test_count_fds();
-    int threads = count_threads();
+    int threads = test_count_threads();
     ioloop_pool_t *pool = ioloop_pool_new(COUNTED_LOOPS);
     struct posted posted[COUNTED_LOOPS];
 
@@ -428,7 +386,7 @@ static void test_pool_free_runs_posted_callbacks(void **state)
         assert_int_equal(atomic_load(&posted[i].ran), POSTED_PER_LOOP + 1);
         assert_int_equal(atomic_load(&posted[i].wrong_thread), 0);
     }
-    assert_int_equal(count_threads(), threads);
+    assert_int_equal(test_count_threads(), threads);
     assert_int_equal(test_count_fds(), fds);
 }
 

@@ -10,12 +10,31 @@
  * ioloop_http_finish() for a chunked response — at once or later (from a timer, a work pool's
  * done, a reply from another loop). Until then the request stays valid, even if the client
  * went away. Responses go out in request order, also when the handlers of pipelined requests
- * end them out of order; each response is one coalesced write.
+ * end them out of order; each response is one coalesced write. Once a request is ended its
+ * pointer is invalid: an ending call made on it again returns -EALREADY as long as the loop
+ * has not reused its memory for a later request, which is a help for finding such bugs, not
+ * a promise.
+ *
+ * Connections: HTTP/1.1 keeps them alive unless the client sends `Connection: close`; an
+ * HTTP/1.0 client's only with `Connection: keep-alive` (and the response says so). A
+ * connection that is to close closes after its last response, whole (ioloop_conn_close()'s
+ * lossless close); the requests that follow it on the connection are not read. Up to 64
+ * pipelined requests of a connection may be with the application at a time; reading pauses
+ * at that bound, and while 256 KiB of answers wait for a client that does not read them. A
+ * client that shuts down its side (half-close) still gets the answers to what it sent.
  *
  * Bad input never reaches the handler: a malformed request (or one that smuggles: both
- * Content-Length and Transfer-Encoding, differing Content-Lengths, obs-fold) gets 400, a head
- * larger than max_header_bytes 431, a body larger than max_body_bytes 413, a head not complete
- * within header_timeout_ms 408; each is sent before the connection closes without loss.
+ * Content-Length and Transfer-Encoding, differing or repeated Content-Lengths, obs-fold, a
+ * field name with whitespace before its colon, a transfer coding that does not end in
+ * chunked, more than one Host field, a line end other than CRLF or LF — Debian's http-parser is built lenient, and the
+ * server checks line ends itself) gets 400, an HTTP version other than 1.x 505, a head larger
+ * than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a body larger than
+ * max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not
+ * complete within header_timeout_ms 408, a body that stalls for idle_timeout_ms 408; each is
+ * sent after the answers owed to the requests before it, and then the connection closes
+ * without loss. `Expect: 100-continue` gets "HTTP/1.1 100 Continue" when the body is wanted
+ * (the head passed every check and a declared length fits max_body_bytes), after the answers
+ * owed before it; an HTTP/1.0 client's expectation is ignored.
  */
 #ifndef IOLOOP_HTTP_H
 #define IOLOOP_HTTP_H
@@ -46,7 +65,8 @@ typedef struct ioloop_http_options {
     uint64_t header_timeout_ms; /**< the whole request head must arrive within this, from its
                                      first byte (or from the accept); 0: 10000 (408) */
     uint64_t idle_timeout_ms;   /**< a keep-alive connection with no request in progress is
-                                     closed after this; 0: 60000 */
+                                     closed after this (silently); a request body that makes
+                                     no progress for this long gets 408; 0: 60000 */
     ioloop_server_options_t server; /**< accept mode, max_conns, proxy_protocol, ... */
 } ioloop_http_options_t;
 
@@ -75,13 +95,18 @@ IOLOOP_EXPORT int ioloop_http_server_port(const ioloop_http_server_t *server);
  * Graceful stop: stops accepting, closes idle keep-alive connections at once, lets requests in
  * progress finish (each response then carries `Connection: close`, and its connection closes
  * after it), and returns as ioloop_server_drain() does: 0 once no connection is left, else the
- * number still open after timeout_ms. The owning thread; never a pool loop (-EDEADLK).
+ * number still open after timeout_ms. With several pipelined requests in progress on a
+ * connection, all are answered and the last one closes it; a request being received is read
+ * to its end and answered so. A connection that has not sent its first request yet is served
+ * that request (its client connected before the drain); header_timeout_ms bounds its wait.
+ * The owning thread; never a pool loop (-EDEADLK).
  */
 IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_t timeout_ms);
 
 /**
  * Closes every connection (requests not yet ended are freed; the calls that would have ended
- * them must not come) and frees the server. NULL is fine. The owning thread.
+ * them must not come) and frees the server. Either order with ioloop_pool_free() is fine.
+ * NULL is fine. The owning thread; never a pool loop.
  */
 IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
 
@@ -94,8 +119,9 @@ IOLOOP_EXPORT const char *ioloop_http_method(const ioloop_http_request_t *req);
 IOLOOP_EXPORT const char *ioloop_http_target(const ioloop_http_request_t *req);
 
 /**
- * The value of header `name` (case-insensitive), with repeated headers joined by ", ", or
- * NULL when absent. Valid until the request ends.
+ * The value of header `name` (case-insensitive) without its surrounding whitespace, with
+ * repeated headers joined by ", " in their order, or NULL when absent (or, with errno ENOMEM,
+ * when the joined value could not be made). Valid until the request ends.
  */
 IOLOOP_EXPORT const char *ioloop_http_header(const ioloop_http_request_t *req,
                                              const char *name);
@@ -107,44 +133,54 @@ IOLOOP_EXPORT const void *ioloop_http_body(const ioloop_http_request_t *req, siz
 IOLOOP_EXPORT ioloop_t *ioloop_http_loop(const ioloop_http_request_t *req);
 
 /**
- * Adds a response header (copied). Returns 0, -EINVAL (NULL, an empty name, a name that is
- * not an HTTP token, CR or LF in the value: header injection is refused, nothing is sent),
- * -EALREADY (the response head went out already), -ENOMEM.
+ * Adds a response header (copied); fields go out in the order added, before the server's own.
+ * A Content-Length, Date, Server, Connection or Transfer-Encoding added here replaces the one
+ * the server would add; `Connection: close` also closes the connection after the response.
+ * Returns 0, -EINVAL (NULL, an empty name, a name that is not an HTTP token, CR, LF or another
+ * control character but HTAB in the value: header injection is refused, nothing is sent),
+ * -EALREADY (the response head went out already, or the request was ended), -EPERM (another
+ * thread while the loop runs), -ENOMEM.
  */
 IOLOOP_EXPORT int ioloop_http_add_header(ioloop_http_request_t *req, const char *name,
                                          const char *value);
 
 /**
  * Ends the request with a whole response: status (200–599) and `len` bytes of body (copied).
- * Adds Content-Length, Date (formatted once a second per loop) and Server unless the
- * application added them, and `Connection: close` when the connection closes after it. A HEAD
- * request gets the head without the body. Returns 0; -EPIPE if the client went away (the
- * request is freed all the same); -EINVAL (NULL req, a status outside 200–599, NULL body with
- * len > 0: nothing changed, the request is not ended); -EALREADY (ended already, or
- * ioloop_http_write_head() was used); -ENOMEM (not ended).
+ * Adds Content-Length (not for 204 and 304), Date (formatted once a second per loop) and
+ * Server unless the application added them, and `Connection: close` when the connection
+ * closes after it (`Connection: keep-alive` to an HTTP/1.0 client that asked for it). A HEAD
+ * request gets the head, with the Content-Length of `len`, without the body. Returns 0;
+ * -EPIPE if the client went away (the request is freed all the same); -EINVAL (NULL req, a
+ * status outside 200–599, NULL body with len > 0, a body with 204 or 304: nothing changed,
+ * the request is not ended); -EALREADY (ended already, or ioloop_http_write_head() was used);
+ * -EPERM (another thread while the loop runs); -ENOMEM (not ended).
  */
 IOLOOP_EXPORT int ioloop_http_respond(ioloop_http_request_t *req, int status, const void *body,
                                       size_t len);
 
 /**
  * Starts a streamed response: the head with `Transfer-Encoding: chunked` (to an HTTP/1.0
- * client: no chunking, and the connection closes after the body). Then ioloop_http_write()
- * any number of times and ioloop_http_finish() once. Returns 0, -EPIPE (client gone: the
- * request is freed), -EINVAL, -EALREADY, -ENOMEM.
+ * client: no chunking, and the connection closes after the body; when the application added
+ * Content-Length or Transfer-Encoding, the writes go out as they are, framed by it). Then
+ * ioloop_http_write() any number of times and ioloop_http_finish() once. To a HEAD request
+ * only the head goes out. Returns 0, -EPIPE (client gone: the request is freed), -EINVAL (a
+ * status outside 200–599), -EALREADY, -EPERM, -ENOMEM.
  */
 IOLOOP_EXPORT int ioloop_http_write_head(ioloop_http_request_t *req, int status);
 
 /**
- * Writes one piece of a streamed response (a chunk; len 0 writes nothing). Returns 0, -EPIPE
- * (client gone: the request is freed), -EINVAL (no write_head yet, NULL data with len > 0),
- * -ENOBUFS (the connection's output limit: wait, e.g. with ioloop_conn_on_flushed-style
- * pacing, and write again), -ENOMEM.
+ * Writes one piece of a streamed response (a chunk; len 0 writes nothing; to a HEAD request
+ * nothing is written, and 0 is returned). Returns 0, -EPIPE (client gone: the request is
+ * freed), -EINVAL (no write_head yet, NULL data with len > 0, data after a 204 or 304 head),
+ * -ENOBUFS (the connection's output limit, ioloop_server_options_t.max_output: nothing of the
+ * piece was taken; wait, e.g. with a timer, and write again), -EALREADY (finished), -EPERM,
+ * -ENOMEM.
  */
 IOLOOP_EXPORT int ioloop_http_write(ioloop_http_request_t *req, const void *data, size_t len);
 
 /**
  * Ends a streamed response (the last chunk). Returns 0, -EPIPE (client gone: the request is
- * freed all the same), -EINVAL (no write_head), -EALREADY.
+ * freed all the same), -EINVAL (no write_head), -EALREADY, -EPERM, -ENOMEM (not ended).
  */
 IOLOOP_EXPORT int ioloop_http_finish(ioloop_http_request_t *req);
 

@@ -17,6 +17,11 @@
  * The lock also orders posting against stopping: once a stop was requested, posts fail with
  * -ESHUTDOWN, so the loop can drain a queue that no longer grows before start() returns.
  *
+ * Beside the array sits a list of nodes that the library's own producers embed in their
+ * structs (the work pool's completion inbox): posting one allocates nothing and ignores the
+ * stop state, for a producer that must not fail, nor lose what it posts, after the loop was
+ * stopped. The loop takes the list together with the array and runs the nodes after it.
+ *
  * A producer's eventfd write happens after it released the lock, when its callback may already
  * have run and the application may be tearing the loop down. `waking` counts producers between
  * deciding to write and finishing the write; ioloop_free() waits for it to reach zero.
@@ -31,6 +36,8 @@
 #include <string.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
+
+#include "core/spinlock.h"
 
 /* Where the queue sits in the loop (see struct ioloop_cbq): the lock starts a cache line that
  * ends before the loop's own part of the queue, and the timers end on an earlier line. */
@@ -47,39 +54,7 @@ _Static_assert(offsetof(struct ioloop, cbq.spare) % IOLOOP__CACHE_LINE == 0 &&
                        offsetof(struct ioloop, cbq.efd) / IOLOOP__CACHE_LINE,
                "the loop's part of the queue starts after the producers' lines");
 
-/* Spins this many times before yielding: long enough for a holder that runs on another core
- * to finish its few stores, short enough not to burn a slice when the holder was preempted
- * (libuv #2769: spinning against a preempted holder on one core stalled for 10 ms). */
-#define SPIN_LIMIT 64
-
 #define ITEMS_MIN 64
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
-static void spin_lock(atomic_int *lock)
-{
-    for (unsigned spins = 0;; spins++) {
-        if (!atomic_load_explicit(lock, memory_order_relaxed) &&
-            !atomic_exchange_explicit(lock, 1, memory_order_acquire))
-            return;
-        if (spins < SPIN_LIMIT)
-            cpu_relax();
-        else
-            sched_yield();
-    }
-}
-
-static void spin_unlock(atomic_int *lock)
-{
-    atomic_store_explicit(lock, 0, memory_order_release);
-}
 
 static void on_eventfd(ioloop_t *loop, int fd, int events, void *arg)
 {
@@ -94,6 +69,7 @@ int ioloop__cbq_init(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
 
+    q->nodes_tail = &q->nodes;
     q->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (q->efd < 0)
         return -errno;
@@ -107,6 +83,8 @@ void ioloop__cbq_fini(ioloop_t *loop)
 
     while (atomic_load_explicit(&q->waking, memory_order_acquire) > 0)
         sched_yield();
+    /* Nodes still queued are dropped unseen: they belong to their posters. */
+    q->nodes = NULL;
     if (q->efd >= 0)
         close(q->efd);
     free(q->items);
@@ -145,11 +123,11 @@ static int grow_unlocked(struct ioloop_cbq *q)
     struct ioloop_cbq_item *seen = q->items, *bigger;
     size_t cap = q->cap, new_cap = cap ? cap * 2 : ITEMS_MIN;
 
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     bigger = malloc(new_cap * sizeof *bigger);
     if (bigger == NULL)
         return -ENOMEM;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (q->items == seen && q->cap == cap) {
         size_t len = atomic_load_explicit(&q->len, memory_order_relaxed);
 
@@ -160,9 +138,9 @@ static int grow_unlocked(struct ioloop_cbq *q)
         bigger = seen;
     }
     /* Otherwise the loop swapped or another producer grew it: retry with what is there now. */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     free(bigger);
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     return 0;
 }
 
@@ -175,10 +153,10 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     if (loop == NULL || fn == NULL)
         return -EINVAL;
     q = &loop->cbq;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     for (;;) {
         if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN) {
-            spin_unlock(&q->lock);
+            ioloop__spin_unlock(&q->lock);
             return -ESHUTDOWN;
         }
         len = atomic_load_explicit(&q->len, memory_order_relaxed);
@@ -190,11 +168,58 @@ int ioloop_add_callback(ioloop_t *loop, ioloop_callback_fn fn, void *arg)
     q->items[len] = (struct ioloop_cbq_item){fn, arg};
     atomic_store_explicit(&q->len, len + 1, memory_order_relaxed);
     must_wake = claim_wakeup(loop);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     if (must_wake)
         wake(loop);
     return 0;
+}
+
+void ioloop__cbq_post_node(ioloop_t *loop, struct ioloop_cbq_node *node)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    bool must_wake;
+
+    node->next = NULL;
+    ioloop__spin_lock(&q->lock);
+    *q->nodes_tail = node;
+    q->nodes_tail = &node->next;
+    atomic_store_explicit(&q->nnodes, atomic_load_explicit(&q->nnodes, memory_order_relaxed) + 1,
+                          memory_order_relaxed);
+    must_wake = claim_wakeup(loop);
+    ioloop__spin_unlock(&q->lock);
+
+    if (must_wake)
+        wake(loop);
+}
+
+bool ioloop__cbq_cancel_node(ioloop_t *loop, struct ioloop_cbq_node *node)
+{
+    struct ioloop_cbq *q = &loop->cbq;
+    struct ioloop_cbq_node **link;
+    bool found = false;
+
+    ioloop__spin_lock(&q->lock);
+    /* The list holds one node per producer object at most: a walk is short. */
+    for (link = &q->nodes; *link != NULL; link = &(*link)->next) {
+        if (*link != node)
+            continue;
+        *link = node->next;
+        if (q->nodes_tail == &node->next)
+            q->nodes_tail = link;
+        atomic_store_explicit(&q->nnodes,
+                              atomic_load_explicit(&q->nnodes, memory_order_relaxed) - 1,
+                              memory_order_relaxed);
+        found = true;
+        break;
+    }
+    ioloop__spin_unlock(&q->lock);
+    return found;
+}
+
+bool ioloop__cbq_accepting(const ioloop_t *loop)
+{
+    return atomic_load_explicit(&loop->cbq.state, memory_order_relaxed) == IOLOOP__CBQ_OPEN;
 }
 
 void ioloop__cbq_request_stop(ioloop_t *loop)
@@ -202,38 +227,49 @@ void ioloop__cbq_request_stop(ioloop_t *loop)
     struct ioloop_cbq *q = &loop->cbq;
     bool must_wake = false;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_STOP_REQUESTED) {
         atomic_store_explicit(&q->state, IOLOOP__CBQ_STOP_REQUESTED, memory_order_relaxed);
         must_wake = claim_wakeup(loop);
     }
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     if (must_wake)
         wake(loop);
 }
 
-size_t ioloop__cbq_run(ioloop_t *loop)
+/* Runs the callbacks queued so far, and the nodes too if `with_nodes`. */
+static size_t run_queued(ioloop_t *loop, bool with_nodes)
 {
     struct ioloop_cbq *q = &loop->cbq;
     struct ioloop_cbq_item *batch;
-    size_t n, cap;
+    struct ioloop_cbq_node *nodes = NULL;
+    size_t n, nnodes = 0, cap;
 
-    /* Posts from other threads always come with an eventfd wakeup (due); this thread's own
-     * posts are visible to it. Nothing else can be waiting, so skip the lock. */
-    if (!q->due && atomic_load_explicit(&q->len, memory_order_relaxed) == 0)
+    /* Posts from other threads always come with an eventfd wakeup (due), or were seen by
+     * prepare_wait under the lock; this thread's own posts are visible to it. Nothing else
+     * can be waiting, so skip the lock. */
+    if (!q->due && atomic_load_explicit(&q->len, memory_order_relaxed) == 0 &&
+        atomic_load_explicit(&q->nnodes, memory_order_relaxed) == 0)
         return 0;
     q->due = false;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     batch = q->items;
     cap = q->cap;
     n = atomic_load_explicit(&q->len, memory_order_relaxed);
     q->items = q->spare;
     q->cap = q->spare_cap;
     atomic_store_explicit(&q->len, 0, memory_order_relaxed);
+    if (with_nodes) {
+        nodes = q->nodes;
+        nnodes = atomic_load_explicit(&q->nnodes, memory_order_relaxed);
+        q->nodes = NULL;
+        q->nodes_tail = &q->nodes;
+        atomic_store_explicit(&q->nnodes, 0, memory_order_relaxed);
+    }
     q->wake_pending = true; /* awake: prepare_wait looks at the queue before any sleep */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 
     q->spare = batch;
     q->spare_cap = cap;
@@ -241,7 +277,19 @@ size_t ioloop__cbq_run(ioloop_t *loop)
         batch[i].fn(loop, batch[i].arg);
         ioloop__stat_add(&loop->stats.callbacks_run, 1);
     }
-    return n;
+    while (nodes != NULL) {
+        struct ioloop_cbq_node *node = nodes;
+
+        nodes = node->next; /* read first: the callback may post its node again */
+        node->fn(loop, node->arg);
+        ioloop__stat_add(&loop->stats.callbacks_run, 1);
+    }
+    return n + nnodes;
+}
+
+size_t ioloop__cbq_run(ioloop_t *loop)
+{
+    return run_queued(loop, true);
 }
 
 bool ioloop__cbq_prepare_wait(ioloop_t *loop)
@@ -250,14 +298,16 @@ bool ioloop__cbq_prepare_wait(ioloop_t *loop)
     bool busy;
 
     /* A queue seen non-empty is work: no need for the lock to decide not to sleep. */
-    if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0)
+    if (atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
+        atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0)
         return true;
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     busy = atomic_load_explicit(&q->len, memory_order_relaxed) > 0 ||
+           atomic_load_explicit(&q->nnodes, memory_order_relaxed) > 0 ||
            atomic_load_explicit(&q->state, memory_order_relaxed) != IOLOOP__CBQ_OPEN;
     if (!busy)
         q->wake_pending = false; /* from here on, the next post writes the eventfd */
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
     return busy;
 }
 
@@ -266,10 +316,10 @@ void ioloop__cbq_begin(ioloop_t *loop)
     struct ioloop_cbq *q = &loop->cbq;
 
     q->due = true; /* the first drain locks: posts made before start may be from anywhere */
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     if (atomic_load_explicit(&q->state, memory_order_relaxed) == IOLOOP__CBQ_STOPPED)
         atomic_store_explicit(&q->state, IOLOOP__CBQ_OPEN, memory_order_relaxed);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 }
 
 bool ioloop__cbq_stop_requested(const ioloop_t *loop)
@@ -281,16 +331,17 @@ bool ioloop__cbq_stop_requested(const ioloop_t *loop)
 size_t ioloop__cbq_drain(ioloop_t *loop)
 {
     /* Lock (due) even if len reads 0: a post from another thread may not be visible to a
-     * relaxed read without it. */
+     * relaxed read without it. Nodes stay queued: they are accepted after a stop too, so
+     * running them here could keep start() from returning for as long as they come. */
     loop->cbq.due = true;
-    return ioloop__cbq_run(loop);
+    return run_queued(loop, false);
 }
 
 void ioloop__cbq_end(ioloop_t *loop)
 {
     struct ioloop_cbq *q = &loop->cbq;
 
-    spin_lock(&q->lock);
+    ioloop__spin_lock(&q->lock);
     atomic_store_explicit(&q->state, IOLOOP__CBQ_STOPPED, memory_order_relaxed);
-    spin_unlock(&q->lock);
+    ioloop__spin_unlock(&q->lock);
 }

@@ -18,6 +18,17 @@ struct ioloop_cbq_item {
     void *arg;
 };
 
+/* A callback embedded in the poster's own struct (the work pool's per-loop inbox): posting it
+ * allocates nothing, so it cannot fail, and it is accepted whatever the stop state. It runs
+ * like a posted callback (counted in stats.callbacks_run) after the array's callbacks of the
+ * same batch, but not in the drain that follows a stop: see ioloop__cbq_post_node(). A node
+ * is posted at most once at a time: the poster knows whether it is queued. */
+struct ioloop_cbq_node {
+    struct ioloop_cbq_node *next;
+    ioloop_callback_fn fn;
+    void *arg;
+};
+
 enum ioloop_cbq_state {
     IOLOOP__CBQ_OPEN,           /* posts accepted */
     IOLOOP__CBQ_STOP_REQUESTED, /* ioloop_stop() called; the start it ends has not returned */
@@ -39,6 +50,9 @@ struct ioloop_cbq {
     size_t cap;
     _Atomic int waking;            /* threads between deciding to wake and their write */
     int efd;
+    struct ioloop_cbq_node *nodes; /* posted nodes, FIFO: head ... */
+    struct ioloop_cbq_node **nodes_tail; /* ... and where the next goes; under the lock */
+    _Atomic size_t nnodes;         /* how many; written under the lock */
     /* The loop thread's own, off the producers' lines, so that draining does not bounce them.
      * (The loop is allocated with its alignment: see ioloop_new().) */
     alignas(IOLOOP__CACHE_LINE) struct ioloop_cbq_item *spare; /* the loop's array, swapped
@@ -52,12 +66,23 @@ void ioloop__cbq_fini(ioloop_t *loop);
 
 /* Runs the callbacks queued so far (not those they post); returns how many ran. */
 size_t ioloop__cbq_run(ioloop_t *loop);
-/* The same, but certain to see every post that happened before it (it always locks). */
+/* After a stop: runs the callbacks queued so far, certain to see every post that happened
+ * before it (it always locks). Nodes stay queued for the next start (see the node above). */
 size_t ioloop__cbq_drain(ioloop_t *loop);
 /* Called right before the loop may block in epoll_wait: true if callbacks are queued or a stop
  * was requested, so it must not block; otherwise the next post from another thread will write
  * the eventfd. */
 bool ioloop__cbq_prepare_wait(ioloop_t *loop);
+/* Queues `node` (see struct ioloop_cbq_node) and wakes the loop like ioloop_add_callback(),
+ * but ignores the stop state. A node still queued when the start that a stop ends leaves its
+ * last iteration runs when the loop is started again, or never if it is freed first (the
+ * poster must then see to it). Never fails. Any thread. */
+void ioloop__cbq_post_node(ioloop_t *loop, struct ioloop_cbq_node *node);
+/* Takes `node` off the queue if it is queued there; returns whether it was. Any thread. */
+bool ioloop__cbq_cancel_node(ioloop_t *loop, struct ioloop_cbq_node *node);
+/* Whether ioloop_add_callback() would accept a post now: false from ioloop_stop() until the
+ * loop is started again. A moment old when read from another thread. Any thread. */
+bool ioloop__cbq_accepting(const ioloop_t *loop);
 /* ioloop_stop(): closes posting (-ESHUTDOWN) and wakes the loop. Any thread. */
 void ioloop__cbq_request_stop(ioloop_t *loop);
 /* start() calls these: reopen the queue if a stop was consumed; did a stop arrive; the stop

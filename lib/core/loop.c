@@ -34,6 +34,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/work.h"
+
 /* The first batch size; it doubles while batches come back full, up to the cap. */
 #define EVENTS_MIN 64
 #define EVENTS_MAX 4096
@@ -143,8 +145,11 @@ void ioloop_free(ioloop_t *loop)
                         "return first\n", (void *)loop);
         abort();
     }
-    /* What the loop owns ends first (connections get on_close(-ECANCELED)), while timers,
-     * handlers and the callback queue still work for the clean-ups it runs. */
+    /* Work submitted for the loop ends first, while everything its dones may use still
+     * works: they run here, in this thread. Then what the loop owns ends (connections get
+     * on_close(-ECANCELED)), while timers, handlers and the callback queue still work for the
+     * clean-ups it runs. */
+    ioloop__work_loop_fini(loop);
     ioloop__run_deferred_all(loop);
     while (loop->owned.next != &loop->owned)
         loop->owned.next->cancel(loop, loop->owned.next);
@@ -641,7 +646,8 @@ void ioloop_get_stats(const ioloop_t *loop, ioloop_stats_t *out)
     out->timers_fired = atomic_load_explicit(&s->timers_fired, memory_order_relaxed);
     out->handlers = atomic_load_explicit(&s->handlers, memory_order_relaxed);
     out->timers_pending = atomic_load_explicit(&s->timers_pending, memory_order_relaxed);
-    out->callbacks_pending = atomic_load_explicit(&loop->cbq.len, memory_order_relaxed);
+    out->callbacks_pending = atomic_load_explicit(&loop->cbq.len, memory_order_relaxed) +
+                             atomic_load_explicit(&loop->cbq.nnodes, memory_order_relaxed);
     out->wakeups = atomic_load_explicit(&s->wakeups, memory_order_relaxed);
     out->max_lag_us = atomic_load_explicit(&s->max_lag_us, memory_order_relaxed);
     out->epoll_rebuilds = atomic_load_explicit(&s->epoll_rebuilds, memory_order_relaxed);

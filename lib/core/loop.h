@@ -64,6 +64,8 @@ struct ioloop_owned {
 struct ioloop_conns;
 struct ioloop_resolver;
 struct http_client;
+/* The work pools' completion inbox (lib/core/work.c); core only keeps the pointer. */
+struct ioloop_work_inbox;
 
 #define ioloop__container_of(ptr, type, member) \
     ((type *)(void *)((char *)(ptr) - offsetof(type, member)))
@@ -112,6 +114,9 @@ struct ioloop {
     _Atomic(void *) data;             /* ioloop_set_data() */
     struct ioloop_resolver *resolver; /* made by the loop's first ioloop_resolve() */
     struct http_client *http_client;  /* lib/http/client.c: made by the first fetch */
+    /* Where work pools leave completed work (lib/core/work.c): created by the first
+     * submission for this loop, from any thread, hence atomic. */
+    struct ioloop_work_inbox *_Atomic work_inbox;
 
     struct ioloop_counters stats;
 };

@@ -31,20 +31,28 @@ enum {
 #define BODY_MIN 1024
 
 /* RFC 7230 tchar: "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." / "^" / "_" /
- * "`" / "|" / "~" / DIGIT / ALPHA. */
-static bool is_tchar(unsigned char c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-        return true;
-    return c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL;
-}
+ * "`" / "|" / "~" / DIGIT / ALPHA, as a table (a field name is checked byte by byte). */
+static const bool tchar[256] = {
+    ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
+    ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1, ['~'] = 1,
+    ['0'] = 1, ['1'] = 1, ['2'] = 1, ['3'] = 1, ['4'] = 1, ['5'] = 1, ['6'] = 1, ['7'] = 1,
+    ['8'] = 1, ['9'] = 1,
+    ['A'] = 1, ['B'] = 1, ['C'] = 1, ['D'] = 1, ['E'] = 1, ['F'] = 1, ['G'] = 1, ['H'] = 1,
+    ['I'] = 1, ['J'] = 1, ['K'] = 1, ['L'] = 1, ['M'] = 1, ['N'] = 1, ['O'] = 1, ['P'] = 1,
+    ['Q'] = 1, ['R'] = 1, ['S'] = 1, ['T'] = 1, ['U'] = 1, ['V'] = 1, ['W'] = 1, ['X'] = 1,
+    ['Y'] = 1, ['Z'] = 1,
+    ['a'] = 1, ['b'] = 1, ['c'] = 1, ['d'] = 1, ['e'] = 1, ['f'] = 1, ['g'] = 1, ['h'] = 1,
+    ['i'] = 1, ['j'] = 1, ['k'] = 1, ['l'] = 1, ['m'] = 1, ['n'] = 1, ['o'] = 1, ['p'] = 1,
+    ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1, ['w'] = 1, ['x'] = 1,
+    ['y'] = 1, ['z'] = 1,
+};
 
 bool ioloop__http_is_token(const char *s, size_t len)
 {
     if (len == 0)
         return false;
     for (size_t i = 0; i < len; i++)
-        if (!is_tchar((unsigned char)s[i]))
+        if (!tchar[(unsigned char)s[i]])
             return false;
     return true;
 }
@@ -293,6 +301,16 @@ const char *ioloop__http_msg_header(struct ioloop__http_msg *m, const char *name
     if (first->joined == NULL && (first->joined = join(m, first, name, len)) == NULL)
         errno = ENOMEM;
     return first->joined;
+}
+
+unsigned ioloop__http_msg_count(const struct ioloop__http_msg *m, const char *name)
+{
+    size_t len = strlen(name);
+    unsigned n = 0;
+
+    for (uint32_t i = 0; i < m->nfields; i++)
+        n += name_is(m, &m->fields[i], name, len);
+    return n;
 }
 
 void ioloop__http_msg_reset(struct ioloop__http_msg *m, size_t keep)

@@ -71,6 +71,9 @@ const char *ioloop__http_msg_start_text(const struct ioloop__http_msg *m);
  * (or, with errno ENOMEM, when the joined value could not be made). After head_done. */
 const char *ioloop__http_msg_header(struct ioloop__http_msg *m, const char *name);
 
+/* How many fields are named `name` (case-insensitive). After head_done. */
+unsigned ioloop__http_msg_count(const struct ioloop__http_msg *m, const char *name);
+
 /* Empties the message for reuse; buffers larger than `keep` bytes are released. */
 void ioloop__http_msg_reset(struct ioloop__http_msg *m, size_t keep);
 /* Releases everything; the message is empty (and reusable) afterwards. */

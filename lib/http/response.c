@@ -20,8 +20,8 @@
 
 /* Room for the fields the server adds (about 150 bytes at most). */
 #define FIELDS_MAX 256
-/* "HTTP/1.1 511 Network Authentication Required\r\n" is the longest status line. */
-#define STATUS_LINE_MAX 64
+/* Room for a status line made by hand: "HTTP/1.1 599 \r\n". */
+#define STATUS_LINE_MAX 32
 
 static char *put(char *p, const char *s, size_t n)
 {
@@ -49,18 +49,30 @@ static char *put_uint(char *p, uint64_t v, unsigned base)
     return p;
 }
 
-/* "HTTP/1.1 200 OK\r\n": always 1.1, the server's version, also to a 1.0 client. */
-static size_t status_line(char *buf, int status)
-{
-    const char *reason = http_status_str((enum http_status)status);
-    char *p = put_str(buf, "HTTP/1.1 ");
+/* The status lines of the registered codes, made at compile time from http-parser's table:
+ * always HTTP/1.1, the server's version, also to a 1.0 client. */
+static const struct {
+    const char *text;
+    uint8_t len;
+} status_lines[600] = {
+#define XX(num, name, string) \
+    [num] = {"HTTP/1.1 " #num " " #string "\r\n", sizeof("HTTP/1.1 " #num " " #string "\r\n") - 1},
+    HTTP_STATUS_MAP(XX)
+#undef XX
+};
 
-    if (strcmp(reason, "<unknown>") == 0)
-        reason = ""; /* a code without a registered phrase: the phrase may be empty */
-    p = put_uint(p, (uint64_t)status, 10);
-    *p++ = ' ';
-    p = put_str(p, reason);
-    return (size_t)(put(p, "\r\n", 2) - buf);
+/* "HTTP/1.1 200 OK\r\n"; a code without a registered phrase gets an empty one. */
+static size_t status_line(char *buf, int status, const char **line)
+{
+    char *p;
+
+    if (status_lines[status].text != NULL) {
+        *line = status_lines[status].text;
+        return status_lines[status].len;
+    }
+    p = put_uint(put_str(buf, "HTTP/1.1 "), (uint64_t)status, 10);
+    *line = buf;
+    return (size_t)(put(p, " \r\n", 3) - buf);
 }
 
 /* The fields the server adds, and the blank line. `length`: say Content-Length = len. */
@@ -162,10 +174,12 @@ int ioloop__http_answer(ioloop_http_request_t *req, int status, const void *body
     struct http_conn *hc = req->hc;
     bool bodyless = status == 204 || status == 304;
     char line[STATUS_LINE_MAX], fields[FIELDS_MAX];
+    const char *text;
     struct iovec iov[4];
     int n = 0, rc;
 
-    iov[n++] = (struct iovec){line, status_line(line, status)};
+    iov[n].iov_len = status_line(line, status, &text);
+    iov[n++].iov_base = (void *)text;
     if (req->hdrs.len > 0)
         iov[n++] = (struct iovec){req->hdrs.data, req->hdrs.len};
     iov[n++] = (struct iovec){fields, server_fields(req, fields, !bodyless, len, false)};
@@ -195,17 +209,30 @@ static int usable(const ioloop_http_request_t *req)
     return req->state == R_ACTIVE ? 0 : -EALREADY;
 }
 
+/* The fields the server would add itself: the application's take their place. */
+static uint16_t known_field(const char *name, size_t len)
+{
+    switch (len) {
+    case 4:
+        return strcasecmp(name, "Date") == 0 ? H_DATE : 0;
+    case 6:
+        return strcasecmp(name, "Server") == 0 ? H_SERVER : 0;
+    case 10:
+        return strcasecmp(name, "Connection") == 0 ? H_CONNECTION : 0;
+    case 14:
+        return strcasecmp(name, "Content-Length") == 0 ? H_LENGTH : 0;
+    case 17:
+        return strcasecmp(name, "Transfer-Encoding") == 0 ? H_TE : 0;
+    default:
+        return 0;
+    }
+}
+
 int ioloop_http_add_header(ioloop_http_request_t *req, const char *name, const char *value)
 {
-    static const struct {
-        const char *name;
-        uint16_t flag;
-    } known[] = {
-        {"Content-Length", H_LENGTH}, {"Date", H_DATE}, {"Server", H_SERVER},
-        {"Connection", H_CONNECTION}, {"Transfer-Encoding", H_TE},
-    };
     size_t name_len, value_len;
     struct iovec iov[4];
+    uint16_t known;
     int err;
 
     if (name == NULL || value == NULL)
@@ -224,10 +251,9 @@ int ioloop_http_add_header(ioloop_http_request_t *req, const char *name, const c
     iov[3] = (struct iovec){"\r\n", 2};
     if ((err = buf_append(&req->hdrs, iov, 4, name_len + value_len + 4)) < 0)
         return err;
-    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
-        if (strcasecmp(name, known[i].name) == 0)
-            req->flags |= known[i].flag;
-    if (strcasecmp(name, "Connection") == 0 && strcasecmp(value, "close") == 0)
+    known = known_field(name, name_len);
+    req->flags |= known;
+    if (known == H_CONNECTION && strcasecmp(value, "close") == 0)
         req->flags |= F_CLOSE;
     return 0;
 }
@@ -251,6 +277,7 @@ int ioloop_http_respond(ioloop_http_request_t *req, int status, const void *body
 int ioloop_http_write_head(ioloop_http_request_t *req, int status)
 {
     char line[STATUS_LINE_MAX], fields[FIELDS_MAX];
+    const char *text;
     struct iovec iov[3];
     uint16_t before;
     bool raw;
@@ -273,7 +300,8 @@ int ioloop_http_write_head(ioloop_http_request_t *req, int status)
     if (status == 204 || status == 304)
         req->flags |= F_NOBODY;
     req->flags |= F_STARTED | (raw ? F_RAW : 0);
-    iov[n++] = (struct iovec){line, status_line(line, status)};
+    iov[n].iov_len = status_line(line, status, &text);
+    iov[n++].iov_base = (void *)text;
     if (req->hdrs.len > 0)
         iov[n++] = (struct iovec){req->hdrs.data, req->hdrs.len};
     iov[n++] = (struct iovec){fields, server_fields(req, fields, false, 0,

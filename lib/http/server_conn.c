@@ -388,6 +388,8 @@ static int on_headers_complete(http_parser *p)
 
     if ((err = ioloop__http_msg_head_done(&req->msg)) < 0)
         return refuse(hc, err);
+    if (ioloop__http_msg_count(&req->msg, "Host") > 1)
+        return refuse(hc, -EBADMSG); /* which host is meant? (RFC 7230 §5.4) */
     if (p->http_major != 1) {
         hc->error = 505;
         return -1;
@@ -481,8 +483,9 @@ static size_t on_data(ioloop_conn_t *conn, const char *data, size_t len)
         size_t lim = len - off, n;
         enum http_errno err;
 
-        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING) ||
-            (ioloop_conn_pending(conn) >= IOLOOP__HTTP_OUTPUT_HIGH && wait_output(hc))) {
+        if (ioloop_conn_pending(conn) >= IOLOOP__HTTP_OUTPUT_HIGH && !wait_output(hc))
+            return len; /* given up */
+        if (hc->inflight >= IOLOOP__HTTP_INFLIGHT_MAX || (hc->flags & C_WAITING)) {
             pause_reading(hc); /* the rest stays with the connection until resumed */
             break;
         }

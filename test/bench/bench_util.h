@@ -1,8 +1,9 @@
 /*
- * Helpers shared by the comparison benchmarks (dispatch_*, timers_*, xthread_*), so that each
- * of those files holds only its event library's side: clocks, a median, resident memory,
- * thread pinning, argument parsing, the pipe-dispatch round (libevent's test/bench.c) and the
- * mutex-protected callback queue the peers' cross-thread benchmarks use. Header-only and
+ * Helpers shared by the comparison benchmarks (dispatch_*, timers_*, xthread_*, work_*), so
+ * that each of those files holds only its event library's side: clocks, a median, resident
+ * memory, thread pinning, argument parsing, the pipe-dispatch round (libevent's test/bench.c),
+ * the mutex-protected callback queue the peers' cross-thread benchmarks use and the work
+ * pool's report lines. Header-only and
  * static inline, so unused helpers cost nothing.
  */
 #ifndef IOLOOP_BENCH_UTIL_H
@@ -361,6 +362,57 @@ static inline size_t bench_queue_drain(struct bench_queue *q)
     for (size_t i = 0; i < n; i++)
         batch[i].fn(batch[i].arg);
     return n;
+}
+
+/* ---- The work pool ----------------------------------------------------------------------- */
+
+/* A work-pool run: `throughput` submits `items` empty work items from the loop and waits for
+ * their completions back on it; `latency` makes `items` sequential round trips of one item
+ * (submit, then submit the next from its completion) on an otherwise idle pool. */
+struct bench_work_args {
+    bool latency;
+    int threads;
+    uint64_t items;
+};
+
+/* Parses `prog throughput|latency [threads [items]]` (defaults 4 threads; 1 000 000 items
+ * for throughput, 10 000 round trips for latency). Exits on bad arguments. */
+static inline void bench_work_args(struct bench_work_args *a, int argc, char **argv)
+{
+    if (argc < 2 || argc > 4 ||
+        (strcmp(argv[1], "throughput") != 0 && strcmp(argv[1], "latency") != 0)) {
+        fprintf(stderr, "usage: %s throughput|latency [threads [items]]\n", argv[0]);
+        exit(2);
+    }
+    a->latency = strcmp(argv[1], "latency") == 0;
+    a->threads = argc > 2 ? (int)bench_arg(argv[2], "threads") : 4;
+    a->items = argc > 3 ? bench_arg(argv[3], "items") : a->latency ? 10000u : 1000000u;
+    if (a->threads < 1 || a->threads > 128 || a->items < 1) {
+        fprintf(stderr, "%s: need 1..128 threads and at least one item\n", argv[0]);
+        exit(2);
+    }
+}
+
+/* Prints a throughput line: items/s from the first submission to the last completion, and
+ * the process's CPU time (every thread's) per item over the same span. */
+static inline void bench_work_report_throughput(const char *impl, const struct bench_work_args *a,
+                                                uint64_t elapsed_ns, uint64_t cpu_ns)
+{
+    printf("impl=%s mode=throughput threads=%d items=%llu items_per_s=%.0f cpu_ns_per_item=%.1f\n",
+           impl, a->threads, (unsigned long long)a->items,
+           (double)a->items * 1e9 / (double)elapsed_ns, (double)cpu_ns / (double)a->items);
+}
+
+/* Prints a latency line from the round trips' submit-to-done times in ns (sorts them). */
+static inline void bench_work_report_latency(const char *impl, const struct bench_work_args *a,
+                                             double *ns)
+{
+    size_t n = (size_t)a->items;
+
+    qsort(ns, n, sizeof *ns, bench_cmp_double);
+    printf("impl=%s mode=latency threads=%d items=%llu p50_us=%.2f p99_us=%.2f\n", impl,
+           a->threads, (unsigned long long)a->items, ns[n / 2] / 1e3,
+           ns[(size_t)((double)n * 0.99)] / 1e3);
 }
 
 #endif /* IOLOOP_BENCH_UTIL_H */
