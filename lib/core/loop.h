@@ -59,10 +59,11 @@ struct ioloop_owned {
 #define IOLOOP__UID_BITS 22
 #define IOLOOP__UID_MAX ((1u << IOLOOP__UID_BITS) - 1)
 
-/* The loop's connections (lib/net/conns.c) and lookups (lib/net/resolve.c); core only keeps
- * the pointers. */
+/* The loop's connections (lib/net/conns.c), lookups (lib/net/resolve.c) and HTTP fetches
+ * (lib/http/client.c); core only keeps the pointers. */
 struct ioloop_conns;
 struct ioloop_resolver;
+struct http_client;
 /* The work pools' completion inbox (lib/core/work.c); core only keeps the pointer. */
 struct ioloop_work_inbox;
 
@@ -112,6 +113,7 @@ struct ioloop {
     struct ioloop_conns *_Atomic conns;
     _Atomic(void *) data;             /* ioloop_set_data() */
     struct ioloop_resolver *resolver; /* made by the loop's first ioloop_resolve() */
+    struct http_client *http_client;  /* lib/http/client.c: made by the first fetch */
     /* Where work pools leave completed work (lib/core/work.c): created by the first
      * submission for this loop, from any thread, hence atomic. */
     struct ioloop_work_inbox *_Atomic work_inbox;

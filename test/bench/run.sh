@@ -5,7 +5,7 @@
 # then writes a CSV and a chart of the ratios (gnuplot) under bench-results/.
 #
 #   test/bench/run.sh [suite...]        suites: pingpong dispatch timers xthread logger idle
-#                                       scaling accept work kv (default: all)
+#                                       scaling accept work kv http (default: all)
 #   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point, accept
 #   per run), CLIENT (accept: accept_client or ab), SYSCALLS (accept: 1 counts syscalls)
 #
@@ -17,7 +17,7 @@ cd "$(dirname "$0")/../.."
 
 build=${BUILD_DIR:-build-bench}
 out=bench-results
-all=(pingpong dispatch timers xthread logger idle scaling accept work kv)
+all=(pingpong dispatch timers xthread logger idle scaling accept work kv http)
 suites=("$@")
 [ ${#suites[@]} -gt 0 ] || suites=("${all[@]}")
 export REPEATS=${REPEATS:-3}
