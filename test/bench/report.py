@@ -5,8 +5,9 @@ Each suite prints lines of the form (tab-separated)
     RESULT  suite  impl  params  unit  value  higher|lower
 with medians already taken. For every (suite, params, unit) row this prints each
 implementation's figure and its ratio to the row's reference: the suite's own reference
-where it names one (nginx for accept, whose bars are set against it), else the hand-written
-raw epoll program where the suite has one, else the best peer (the best non-ioloop figure).
+where it names one (nginx for accept and http, whose bars are set against it), else the
+hand-written raw epoll program where the suite has one, else the best peer (the best
+non-ioloop figure).
 A ratio above 1 is better than the reference, whichever way the unit runs (higher or lower).
 Each ioloop server of a row ("ioloop", and "ioloop-reuseport" where a suite runs the
 reuseport mode beside the default) is also compared with the best peer.
@@ -27,7 +28,7 @@ IOLOOP_IMPLS = ("ioloop", "ioloop-core", "ioloop-reuseport")
 COMPARED_IMPLS = ("ioloop", "ioloop-reuseport")
 REFERENCE_IMPL = "raw-epoll"
 # Suites whose bars are set against one peer: that peer is their reference.
-SUITE_REFERENCES = {"accept": "nginx"}
+SUITE_REFERENCES = {"accept": "nginx", "http": "nginx"}
 
 
 def read_results(path):

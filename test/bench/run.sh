@@ -7,10 +7,11 @@
 #   test/bench/run.sh [suite...]        suites: pingpong dispatch timers xthread logger idle
 #                                       scaling accept work kv http (default: all)
 #   env: BUILD_DIR (build-bench), REPEATS (3), BENCH_SECONDS (5, ping-pong per point, accept
-#   per run), CLIENT (accept: accept_client or ab), SYSCALLS (accept: 1 counts syscalls)
+#   per run), CLIENT (accept: accept_client or ab), SYSCALLS (accept: 1 counts syscalls),
+#   HTTP_SECONDS (5, http per run)
 #
 # To have every peer: apt-get install libuv1-dev libevent-dev libev-dev libspdlog-dev
-# nginx-light apache2-utils gnuplot-nox redis-tools redis-server. Run it on a quiet machine:
+# nginx-light apache2-utils wrk gnuplot-nox redis-tools redis-server. Run it on a quiet machine:
 # the suites pin the measured thread to CPU 0 and the load to CPU 1.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
