@@ -26,10 +26,13 @@
  * Bad input never reaches the handler: a malformed request (or one that smuggles: both
  * Content-Length and Transfer-Encoding, differing or repeated Content-Lengths, obs-fold, a
  * field name with whitespace before its colon, a transfer coding that does not end in
- * chunked, more than one Host field, a line end other than CRLF or LF — Debian's http-parser is built lenient, and the
- * server checks line ends itself) gets 400, an HTTP version other than 1.x 505, a head larger
- * than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a body larger than
- * max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not
+ * chunked, chunked twice, Transfer-Encoding from an HTTP/1.0 client, more than one Host
+ * field, a line end other than CRLF or LF, a request line other than method SP target SP
+ * "HTTP/" DIGIT "." DIGIT — Debian's http-parser is built lenient, and the server checks
+ * these itself) gets 400, a coding before chunked (gzip, chunked: not undone by the server)
+ * 501, an HTTP version other than 1.x 505 (1.2 and later minors are served as 1.1), a
+ * head larger than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a
+ * body larger than max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not
  * complete within header_timeout_ms 408, a body that stalls for idle_timeout_ms 408; each is
  * sent after the answers owed to the requests before it, and then the connection closes
  * without loss. `Expect: 100-continue` gets "HTTP/1.1 100 Continue" when the body is wanted
