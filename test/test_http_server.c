@@ -159,11 +159,13 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
         ht_note(s, ioloop_http_add_header(req, "X-A", "one\x01two"));
         ht_note(s, ioloop_http_add_header(req, "X-A\r\n", "one"));
         ht_note(s, ioloop_http_respond(req, 200, "ok", 2));
-    } else if (starts(t, "/lookup")) {
+    } else if (starts(t, "/lookup") || starts(t, "http://") || strcmp(t, "*") == 0) {
         char body[512];
         const char *missing = ioloop_http_header(req, "X-Missing");
+        const char *dup = ioloop_http_header(req, "X-DUP");
+        const char *host = ioloop_http_header(req, "host");
         int n = snprintf(body, sizeof body, "%s|%s|%s|%s|%s", ioloop_http_method(req), t,
-                         ioloop_http_header(req, "X-DUP"), ioloop_http_header(req, "host"),
+                         dup != NULL ? dup : "(null)", host != NULL ? host : "(null)",
                          missing != NULL ? missing : "(null)");
 
         ioloop_http_respond(req, 200, body, (size_t)n);
@@ -876,6 +878,34 @@ static void test_http_server_null_request(void **state)
     ioloop_http_server_free(NULL);
 }
 
+/* What http.h says is not judged: absolute and asterisk form, an HTTP/1.1 request without
+ * Host (the application sees NULL). Exact bytes of the answers. */
+static void test_http_server_target_forms(void **state)
+{
+    static const char *const req[][2] = {
+        {"GET http://h:1/lookup?q HTTP/1.1\r\nHost: h:1\r\n\r\n",
+         "GET|http://h:1/lookup?q|(null)|h:1|(null)"},
+        {"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "OPTIONS|*|(null)|h|(null)"},
+        {"GET /lookup HTTP/1.1\r\n\r\n", "GET|/lookup|(null)|(null)|(null)"},
+    };
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+
+    ht_connect(&c, s->port);
+    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+        char tail[128];
+
+        ht_send(&c, req[i][0]);
+        ht_expect(&c, &r, 200);
+        snprintf(tail, sizeof tail, "\r\nContent-Length: %zu\r\n\r\n%s", strlen(req[i][1]),
+                 req[i][1]);
+        expect_bytes(&r, "HTTP/1.1 200 OK\r\nServer: ioloop\r\nDate: ", tail);
+        ht_response_free(&r);
+    }
+    ht_close(&c);
+}
+
 static void test_http_server_lookup(void **state)
 {
     struct ht_server *s = *state;
@@ -1260,6 +1290,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_wrong_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_header_injection, setup, teardown),
         cmocka_unit_test(test_http_server_null_request),
+        cmocka_unit_test_setup_teardown(test_http_server_target_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_client_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_free_unended, setup, teardown),

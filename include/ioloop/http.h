@@ -88,7 +88,8 @@ IOLOOP_EXPORT ioloop_http_server_t *ioloop_http_server_new(ioloop_pool_t *pool,
                                                            void *user,
                                                            const ioloop_http_options_t *options);
 
-/** Starts accepting. Returns what ioloop_server_start() returns. The owning thread. */
+/** Starts accepting. Returns what ioloop_server_start() returns; -EINVAL for NULL. The owning
+ * thread. */
 IOLOOP_EXPORT int ioloop_http_server_start(ioloop_http_server_t *server);
 
 /** Returns the bound TCP port, or -EINVAL. [any thread] */
@@ -102,7 +103,7 @@ IOLOOP_EXPORT int ioloop_http_server_port(const ioloop_http_server_t *server);
  * connection, all are answered and the last one closes it; a request being received is read
  * to its end and answered so. A connection that has not sent its first request yet is served
  * that request (its client connected before the drain); header_timeout_ms bounds its wait.
- * The owning thread; never a pool loop (-EDEADLK).
+ * -EINVAL for NULL. The owning thread; never a pool loop (-EDEADLK).
  */
 IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_t timeout_ms);
 
@@ -114,6 +115,17 @@ IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_
 IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
 
 /* ---- A request (the connection's loop thread) ------------------------------------------- */
+/*
+ * The accessors below are for the connection's loop thread (or a thread the application
+ * has synchronised with it); they return NULL (the body: NULL and 0) for a NULL req. The
+ * strings and the body are the request's: the application neither frees nor keeps them
+ * beyond the call that ends it.
+ *
+ * The request line and Host are not judged beyond the checks above: the target may be in
+ * origin, absolute ("http://a/b") or asterisk form as sent, and an HTTP/1.1 request without
+ * a Host field is served (RFC 9112 §3.2 would have 400; ioloop_http_header(req, "Host") is
+ * then NULL, and the application may refuse it so).
+ */
 
 /** The method as sent: "GET", "POST", "HEAD", … Valid until the request ends. */
 IOLOOP_EXPORT const char *ioloop_http_method(const ioloop_http_request_t *req);
