@@ -205,8 +205,8 @@ static void test_http_limits_coding(void **state)
 
     refused(s, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
             "501 Not Implemented");
-    refused(s, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
-               "0\r\n\r\n", 501, "501 Not Implemented");
+    refused(s, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+               "\r\n0\r\n\r\n", 501, "501 Not Implemented");
     assert_int_equal(ht_requests(s), 0);
 }
 

@@ -32,12 +32,13 @@
  * these itself) gets 400, a coding before chunked (gzip, chunked: not undone by the server)
  * 501, an HTTP version other than 1.x 505 (1.2 and later minors are served as 1.1), a
  * head larger than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a
- * body larger than max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not
- * complete within header_timeout_ms 408, a body that stalls for idle_timeout_ms 408; each is
- * sent after the answers owed to the requests before it, and then the connection closes
- * without loss. `Expect: 100-continue` gets "HTTP/1.1 100 Continue" when the body is wanted
- * (the head passed every check and a declared length fits max_body_bytes), after the answers
- * owed before it; an HTTP/1.0 client's expectation is ignored.
+ * body larger than max_body_bytes 413 (a declared Content-Length at once, without reading
+ * the body), a head not complete within header_timeout_ms 408, a body that stalls for
+ * idle_timeout_ms 408; each is sent after the answers owed to the requests before it, and
+ * then the connection closes without loss. `Expect: 100-continue` gets "HTTP/1.1 100
+ * Continue" when the body is wanted (the head passed every check and a declared length fits
+ * max_body_bytes), after the answers owed before it; an HTTP/1.0 client's expectation is
+ * ignored.
  */
 #ifndef IOLOOP_HTTP_H
 #define IOLOOP_HTTP_H
