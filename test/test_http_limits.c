@@ -109,6 +109,14 @@ static void test_http_limits_malformed(void **state)
         "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcX\r\n",
+        /* request lines the non-strict parser lets pass: it checks only the H of HTTP */
+        "GET / HXXX/1.1\r\n\r\n",
+        "GET / Hxxp/1.1\r\n\r\n",
+        "GET / HTTP-1.1\r\n\r\n",
+        "GET / HTTP/1.1 \r\n\r\n",                  /* a space after the version */
+        "GET  / HTTP/1.1\r\n\r\n",                  /* two spaces */
+        "GET /  HTTP/1.1\r\n\r\n",
+        "GET / HXXX/1.1\r\nContent-Length: 2\r\n\r\nok", /* also with a body */
     };
     struct ht_server *s = *state;
 
@@ -136,6 +144,13 @@ static void test_http_limits_smuggling(void **state)
         /* a transfer coding that does not end in chunked: no way to find the body's end */
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
         "POST / HTTP/1.1\r\nTransfer-Encoding: identity\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked;q=1\r\n\r\n0\r\n\r\n",
+        /* chunked twice, in one field or two: the body decoded once is still chunked */
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n",
+        /* Transfer-Encoding from an HTTP/1.0 client: faulty framing (RFC 9112 §6.1) */
+        "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         /* line ends the non-strict parser lets pass: the CRLF after a chunk's data, the LF
          * after the CR of a chunk-size line, of the head's end, of the trailers' end */
         "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
@@ -179,6 +194,42 @@ static void test_http_limits_version(void **state)
 
     refused(s, "GET / HTTP/2.0\r\n\r\n", 505, "505 HTTP Version Not Supported");
     refused(s, "GET / HTTP/0.9\r\n\r\n", 505, "505 HTTP Version Not Supported");
+    assert_int_equal(ht_requests(s), 0);
+}
+
+/* A coding the server does not undo, before chunked: 501, not a body still encoded. */
+static void test_http_limits_coding(void **state)
+{
+    struct ht_server *s = *state;
+
+    refused(s, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501,
+            "501 Not Implemented");
+    refused(s, "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n"
+               "\r\n0\r\n\r\n", 501, "501 Not Implemented");
+    assert_int_equal(ht_requests(s), 0);
+}
+
+/* A bad request line split at every byte: refused all the same, and only once. */
+static void test_http_limits_request_line_split(void **state)
+{
+    static const char *const bad[] = {"GET / HXXX/1.1\r\n\r\n", "GET  / HTTP/1.1\r\n\r\n"};
+    struct ht_server *s = *state;
+
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        for (size_t cut = 1; cut < strlen(bad[i]); cut++) {
+            struct ht_client c;
+            struct ht_response r;
+
+            ht_connect(&c, s->port);
+            ht_send_n(&c, bad[i], cut);
+            ht_send(&c, bad[i] + cut);
+            ht_expect(&c, &r, 400);
+            assert_string_equal(ht_field(&r, "Connection"), "close");
+            ht_response_free(&r);
+            assert_int_equal(ht_expect_eof(&c), 0);
+            ht_close(&c);
+        }
+    }
     assert_int_equal(ht_requests(s), 0);
 }
 
@@ -362,6 +413,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_limits_smuggling, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_after_good, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_limits_coding, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_limits_request_line_split, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_header_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_body_size, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_header_timeout, setup, teardown),

@@ -128,6 +128,8 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
         ht_note(s, ioloop_http_respond(req, 200, "x", 1));
         ht_note(s, ioloop_http_write_head(req, 200));
         ht_note(s, ioloop_http_add_header(req, "X", "y"));
+        ht_note(s, ioloop_http_write(req, NULL, 1));
+        ht_note(s, ioloop_http_write(req, "x", 0)); /* nothing, and no empty last chunk */
         assert_int_equal(ioloop_http_finish(req), 0);
         ht_note(s, ioloop_http_finish(req));
     } else if (strcmp(t, "/inject") == 0) {
@@ -146,12 +148,24 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
         ht_note(s, ioloop_http_respond(req, 204, "x", 1));
         ht_note(s, ioloop_http_write(req, "x", 1)); /* no write_head yet */
         ht_note(s, ioloop_http_finish(req));
+        ht_note(s, ioloop_http_respond(req, 1000, NULL, 0));
+        ht_note(s, ioloop_http_respond(req, -200, NULL, 0));
+        ht_note(s, ioloop_http_respond(req, 199, NULL, 0));
+        ht_note(s, ioloop_http_write_head(req, 99));
+        ht_note(s, ioloop_http_write_head(req, 1000));
+        ht_note(s, ioloop_http_add_header(req, "X-A:", "one"));
+        ht_note(s, ioloop_http_add_header(req, "X(A)", "one"));
+        ht_note(s, ioloop_http_add_header(req, "X-A", "one\x7f"));
+        ht_note(s, ioloop_http_add_header(req, "X-A", "one\x01two"));
+        ht_note(s, ioloop_http_add_header(req, "X-A\r\n", "one"));
         ht_note(s, ioloop_http_respond(req, 200, "ok", 2));
-    } else if (starts(t, "/lookup")) {
+    } else if (starts(t, "/lookup") || starts(t, "http://") || strcmp(t, "*") == 0) {
         char body[512];
         const char *missing = ioloop_http_header(req, "X-Missing");
+        const char *dup = ioloop_http_header(req, "X-DUP");
+        const char *host = ioloop_http_header(req, "host");
         int n = snprintf(body, sizeof body, "%s|%s|%s|%s|%s", ioloop_http_method(req), t,
-                         ioloop_http_header(req, "X-DUP"), ioloop_http_header(req, "host"),
+                         dup != NULL ? dup : "(null)", host != NULL ? host : "(null)",
                          missing != NULL ? missing : "(null)");
 
         ioloop_http_respond(req, 200, body, (size_t)n);
@@ -776,11 +790,14 @@ static void test_http_server_end_twice(void **state)
     ht_send(&c, "GET /twice-stream HTTP/1.1\r\n\r\n");
     ht_expect(&c, &r, 200);
     assert_string_equal(r.body, "");
+    assert_null(strstr(r.raw, "\r\nX: y"));
     ht_response_free(&r);
     assert_int_equal(ht_rc(s, 3), -EALREADY); /* respond after write_head */
     assert_int_equal(ht_rc(s, 4), -EALREADY); /* write_head again */
     assert_int_equal(ht_rc(s, 5), -EALREADY); /* a field after the head went out */
-    assert_int_equal(ht_rc(s, 6), -EALREADY); /* finish again */
+    assert_int_equal(ht_rc(s, 6), -EINVAL);   /* NULL data */
+    assert_int_equal(ht_rc(s, 7), 0);         /* len 0 */
+    assert_int_equal(ht_rc(s, 8), -EALREADY); /* finish again */
     ht_close(&c);
 }
 
@@ -816,7 +833,10 @@ static void test_http_server_header_injection(void **state)
     struct ht_server *s = *state;
     static const int expected[] = {
         -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, 0,
-        -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, 0,
+        -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL,
+        -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, /* statuses 1000, -200, 199, 99, 1000 */
+        -EINVAL, -EINVAL, -EINVAL, -EINVAL, -EINVAL, /* names and values */
+        0,
     };
     struct ht_client c;
     struct ht_response r;
@@ -832,6 +852,57 @@ static void test_http_server_header_injection(void **state)
     assert_string_equal(ht_field(&r, "X-A"), "one\ttwo");
     assert_string_equal(r.body, "ok");
     ht_response_free(&r);
+    ht_close(&c);
+}
+
+/* A NULL request: every call refuses it, the accessors give nothing. */
+static void test_http_server_null_request(void **state)
+{
+    size_t len = 7;
+
+    (void)state;
+    assert_int_equal(ioloop_http_add_header(NULL, "X", "y"), -EINVAL);
+    assert_int_equal(ioloop_http_respond(NULL, 200, NULL, 0), -EINVAL);
+    assert_int_equal(ioloop_http_write_head(NULL, 200), -EINVAL);
+    assert_int_equal(ioloop_http_write(NULL, "x", 1), -EINVAL);
+    assert_int_equal(ioloop_http_finish(NULL), -EINVAL);
+    assert_null(ioloop_http_method(NULL));
+    assert_null(ioloop_http_target(NULL));
+    assert_null(ioloop_http_header(NULL, "Host"));
+    assert_null(ioloop_http_body(NULL, &len));
+    assert_int_equal(len, 0);
+    assert_null(ioloop_http_loop(NULL));
+    assert_int_equal(ioloop_http_server_port(NULL), -EINVAL);
+    assert_int_equal(ioloop_http_server_start(NULL), -EINVAL);
+    assert_int_equal(ioloop_http_server_drain(NULL, 0), -EINVAL);
+    ioloop_http_server_free(NULL);
+}
+
+/* What http.h says is not judged: absolute and asterisk form, an HTTP/1.1 request without
+ * Host (the application sees NULL). Exact bytes of the answers. */
+static void test_http_server_target_forms(void **state)
+{
+    static const char *const req[][2] = {
+        {"GET http://h:1/lookup?q HTTP/1.1\r\nHost: h:1\r\n\r\n",
+         "GET|http://h:1/lookup?q|(null)|h:1|(null)"},
+        {"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "OPTIONS|*|(null)|h|(null)"},
+        {"GET /lookup HTTP/1.1\r\n\r\n", "GET|/lookup|(null)|(null)|(null)"},
+    };
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+
+    ht_connect(&c, s->port);
+    for (size_t i = 0; i < sizeof req / sizeof req[0]; i++) {
+        char tail[128];
+
+        ht_send(&c, req[i][0]);
+        ht_expect(&c, &r, 200);
+        snprintf(tail, sizeof tail, "\r\nContent-Length: %zu\r\n\r\n%s", strlen(req[i][1]),
+                 req[i][1]);
+        expect_bytes(&r, "HTTP/1.1 200 OK\r\nServer: ioloop\r\nDate: ", tail);
+        ht_response_free(&r);
+    }
     ht_close(&c);
 }
 
@@ -1218,6 +1289,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_end_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_wrong_thread, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_header_injection, setup, teardown),
+        cmocka_unit_test(test_http_server_null_request),
+        cmocka_unit_test_setup_teardown(test_http_server_target_forms, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_client_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_free_unended, setup, teardown),

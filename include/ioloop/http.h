@@ -26,15 +26,19 @@
  * Bad input never reaches the handler: a malformed request (or one that smuggles: both
  * Content-Length and Transfer-Encoding, differing or repeated Content-Lengths, obs-fold, a
  * field name with whitespace before its colon, a transfer coding that does not end in
- * chunked, more than one Host field, a line end other than CRLF or LF — Debian's http-parser is built lenient, and the
- * server checks line ends itself) gets 400, an HTTP version other than 1.x 505, a head larger
- * than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a body larger than
- * max_body_bytes 413 (a declared Content-Length at once, without reading the body), a head not
- * complete within header_timeout_ms 408, a body that stalls for idle_timeout_ms 408; each is
- * sent after the answers owed to the requests before it, and then the connection closes
- * without loss. `Expect: 100-continue` gets "HTTP/1.1 100 Continue" when the body is wanted
- * (the head passed every check and a declared length fits max_body_bytes), after the answers
- * owed before it; an HTTP/1.0 client's expectation is ignored.
+ * chunked, chunked twice, Transfer-Encoding from an HTTP/1.0 client, more than one Host
+ * field, a line end other than CRLF or LF, a request line other than method SP target SP
+ * "HTTP/" DIGIT "." DIGIT — Debian's http-parser is built lenient, and the server checks
+ * these itself) gets 400, a coding before chunked (gzip, chunked: not undone by the server)
+ * 501, an HTTP version other than 1.x 505 (1.2 and later minors are served as 1.1), a
+ * head larger than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a
+ * body larger than max_body_bytes 413 (a declared Content-Length at once, without reading
+ * the body), a head not complete within header_timeout_ms 408, a body that stalls for
+ * idle_timeout_ms 408; each is sent after the answers owed to the requests before it, and
+ * then the connection closes without loss. `Expect: 100-continue` gets "HTTP/1.1 100
+ * Continue" when the body is wanted (the head passed every check and a declared length fits
+ * max_body_bytes), after the answers owed before it; an HTTP/1.0 client's expectation is
+ * ignored.
  */
 #ifndef IOLOOP_HTTP_H
 #define IOLOOP_HTTP_H
@@ -85,7 +89,8 @@ IOLOOP_EXPORT ioloop_http_server_t *ioloop_http_server_new(ioloop_pool_t *pool,
                                                            void *user,
                                                            const ioloop_http_options_t *options);
 
-/** Starts accepting. Returns what ioloop_server_start() returns. The owning thread. */
+/** Starts accepting. Returns what ioloop_server_start() returns; -EINVAL for NULL. The owning
+ * thread. */
 IOLOOP_EXPORT int ioloop_http_server_start(ioloop_http_server_t *server);
 
 /** Returns the bound TCP port, or -EINVAL. [any thread] */
@@ -99,7 +104,7 @@ IOLOOP_EXPORT int ioloop_http_server_port(const ioloop_http_server_t *server);
  * connection, all are answered and the last one closes it; a request being received is read
  * to its end and answered so. A connection that has not sent its first request yet is served
  * that request (its client connected before the drain); header_timeout_ms bounds its wait.
- * The owning thread; never a pool loop (-EDEADLK).
+ * -EINVAL for NULL. The owning thread; never a pool loop (-EDEADLK).
  */
 IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_t timeout_ms);
 
@@ -111,6 +116,17 @@ IOLOOP_EXPORT int ioloop_http_server_drain(ioloop_http_server_t *server, uint64_
 IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
 
 /* ---- A request (the connection's loop thread) ------------------------------------------- */
+/*
+ * The accessors below are for the connection's loop thread (or a thread the application
+ * has synchronised with it); they return NULL (the body: NULL and 0) for a NULL req. The
+ * strings and the body are the request's: the application neither frees nor keeps them
+ * beyond the call that ends it.
+ *
+ * The request line and Host are not judged beyond the checks above: the target may be in
+ * origin, absolute ("http://a/b") or asterisk form as sent, and an HTTP/1.1 request without
+ * a Host field is served (RFC 9112 §3.2 would have 400; ioloop_http_header(req, "Host") is
+ * then NULL, and the application may refuse it so).
+ */
 
 /** The method as sent: "GET", "POST", "HEAD", … Valid until the request ends. */
 IOLOOP_EXPORT const char *ioloop_http_method(const ioloop_http_request_t *req);

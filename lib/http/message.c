@@ -347,11 +347,69 @@ enum {
     DUE_LF, /* after a CR */
 };
 
+/* ioloop__http_framing.line */
+enum {
+    LINE_OFF,     /* not in a request line */
+    LINE_LEAD,    /* empty lines before it, then the method */
+    LINE_METHOD,
+    LINE_TARGET0, /* the target's first byte: one SP only */
+    LINE_TARGET,
+    LINE_VERSION, /* "HTTP/1.1", pos bytes of it seen */
+};
+
+void ioloop__http_framing_request_line(struct ioloop__http_framing *f)
+{
+    f->line = LINE_LEAD;
+    f->pos = 0;
+}
+
+/* One byte of a request line. Returns 0, or -EBADMSG. */
+static int line_step(struct ioloop__http_framing *f, unsigned char c)
+{
+    static const char version[] = "HTTP/D.D";
+    bool eol = c == '\r' || c == '\n';
+
+    switch (f->line) {
+    case LINE_LEAD:
+        if (!eol)
+            f->line = LINE_METHOD;
+        return 0;
+    case LINE_METHOD:
+        if (c == ' ')
+            f->line = LINE_TARGET0;
+        return 0; /* the method itself is the parser's to check */
+    case LINE_TARGET0:
+        if (c == ' ' || eol)
+            return -EBADMSG;
+        f->line = LINE_TARGET;
+        return 0;
+    case LINE_TARGET:
+        if (c == ' ')
+            f->line = LINE_VERSION;
+        else if (eol)
+            f->line = LINE_OFF; /* no version: the parser's HTTP/0.9, refused with 505 */
+        return 0;
+    default:
+        break;
+    }
+    if (f->pos == sizeof version - 1) {
+        f->line = LINE_OFF;
+        return eol ? 0 : -EBADMSG;
+    }
+    if (version[f->pos] == 'D' ? c < '0' || c > '9' : c != (unsigned char)version[f->pos])
+        return -EBADMSG;
+    f->pos++;
+    return 0;
+}
+
 int ioloop__http_framing_check(struct ioloop__http_framing *f, const char *from,
                                const char *to)
 {
     const char *p = from, *cr;
 
+    for (const char *q = from; q < to && f->line != LINE_OFF; q++)
+        if (line_step(f, (unsigned char)*q) < 0)
+            return -EBADMSG;
     while (p < to) {
         if (f->due != DUE_ANY) {
             if (*p++ != (f->due == DUE_CR ? '\r' : '\n'))

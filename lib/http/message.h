@@ -89,8 +89,19 @@ void ioloop__http_msg_free(struct ioloop__http_msg *m);
  * the parser allows it (RFC 7230 §3.5).
  */
 struct ioloop__http_framing {
-    uint8_t due; /* what the next framing byte must be (enum in message.c) */
+    uint8_t due;  /* what the next framing byte must be (enum in message.c) */
+    uint8_t line; /* where in a request line the next byte is (enum in message.c) */
+    uint8_t pos;  /* bytes of the HTTP-version seen */
 };
+
+/*
+ * The request line, which the non-strict parser checks only in part: it takes "HXXX/1.1"
+ * for "HTTP/1.1" (it checks the H alone) and several spaces between the parts. Armed for
+ * each request (at the connection's start and after each request), the check then reads the
+ * same framing bytes: after optional empty lines, method SP target SP "HTTP/" DIGIT "."
+ * DIGIT and the line's end; a line without a version is left to the parser (HTTP/0.9: 505).
+ */
+void ioloop__http_framing_request_line(struct ioloop__http_framing *f);
 
 /* Checks the framing bytes [from, to). Returns 0, or -EBADMSG. */
 int ioloop__http_framing_check(struct ioloop__http_framing *f, const char *from,

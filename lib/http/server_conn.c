@@ -378,6 +378,47 @@ static void expect_continue(ioloop_http_request_t *req)
         req->flags |= F_CONTINUE; /* an HTTP/1.0 client's is ignored (RFC 7231 §5.1.1) */
 }
 
+/*
+ * The transfer codings of a request, beyond what http-parser checks (that chunked is not
+ * sent with Content-Length; its own check of the last coding comes after this callback).
+ * Returns 0, or the status to refuse it with: 400 for a last coding other than chunked or
+ * chunked applied twice (RFC 9112 §6.3, §6.1), and for any Transfer-Encoding from an
+ * HTTP/1.0 client (faulty framing, §6.1); 501 for a coding before chunked (gzip, say), which
+ * the server does not undo: the body would reach the application still encoded (§6.1).
+ */
+static int codings_check(ioloop_http_request_t *req)
+{
+    const char *te, *p;
+    unsigned chunked = 0, other = 0;
+    bool last_chunked = false;
+
+    if (ioloop__http_msg_count(&req->msg, "Transfer-Encoding") == 0)
+        return 0;
+    if (req->minor == 0)
+        return 400;
+    if ((te = ioloop__http_msg_header(&req->msg, "Transfer-Encoding")) == NULL)
+        return -ENOMEM; /* the joined value could not be made */
+    for (p = te; *p != '\0';) {
+        size_t n;
+
+        p += strspn(p, " \t,");
+        n = strcspn(p, ",");
+        while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n > 0) {
+            last_chunked = n == 7 && strncasecmp(p, "chunked", 7) == 0;
+            if (last_chunked)
+                chunked++;
+            else
+                other++;
+        }
+        p += strcspn(p, ",");
+    }
+    if (!last_chunked || chunked > 1)
+        return 400; /* the body's end cannot be found (RFC 9112 §6.3) */
+    return other > 0 ? 501 : 0;
+}
+
 static int on_headers_complete(http_parser *p)
 {
     struct http_conn *hc = p->data;
@@ -396,6 +437,10 @@ static int on_headers_complete(http_parser *p)
     }
     req->method = http_method_str((enum http_method)p->method);
     req->minor = p->http_minor > 0 ? 1 : 0;
+    if ((err = codings_check(req)) != 0) {
+        hc->error = err;
+        return -1;
+    }
     if (p->method == HTTP_HEAD)
         req->flags |= F_HEAD;
     hc->flags |= C_BODY; /* from here on, fields are trailers */
@@ -459,6 +504,7 @@ static void dispatch(struct http_conn *hc)
     hc->cur = NULL;
     hc->flags &= (uint16_t)~C_BODY;
     hc->head_bytes = 0;
+    ioloop__http_framing_request_line(&hc->framing); /* the next request's */
     req->flags &= (uint16_t)~F_CONTINUE; /* the body came without it */
     if (atomic_load_explicit(&hs->draining, memory_order_relaxed))
         req->flags |= F_CLOSE;
@@ -549,6 +595,7 @@ static void on_open(ioloop_conn_t *conn)
     hc->hl = hl;
     http_parser_init(&hc->parser, HTTP_REQUEST);
     hc->parser.data = hc;
+    ioloop__http_framing_request_line(&hc->framing);
     hc->next = hl->conns;
     if (hl->conns != NULL)
         hl->conns->prev = hc;
