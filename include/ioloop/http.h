@@ -25,20 +25,19 @@
  *
  * Bad input never reaches the handler: a malformed request (or one that smuggles: both
  * Content-Length and Transfer-Encoding, differing or repeated Content-Lengths, obs-fold, a
- * field name with whitespace before its colon, a transfer coding that does not end in
- * chunked, chunked twice, Transfer-Encoding from an HTTP/1.0 client, more than one Host
- * field, a line end other than CRLF or LF, a request line other than method SP target SP
- * "HTTP/" DIGIT "." DIGIT — Debian's http-parser is built lenient, and the server checks
- * these itself) gets 400, a coding before chunked (gzip, chunked: not undone by the server)
- * 501, an HTTP version other than 1.x 505 (1.2 and later minors are served as 1.1), a
- * head larger than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a
- * body larger than max_body_bytes 413 (a declared Content-Length at once, without reading
- * the body), a head not complete within header_timeout_ms 408, a body that stalls for
- * idle_timeout_ms 408; each is sent after the answers owed to the requests before it, and
- * then the connection closes without loss. `Expect: 100-continue` gets "HTTP/1.1 100
- * Continue" when the body is wanted (the head passed every check and a declared length fits
- * max_body_bytes), after the answers owed before it; an HTTP/1.0 client's expectation is
- * ignored.
+ * field name with whitespace before its colon, a transfer coding that does not end in chunked,
+ * chunked twice, Transfer-Encoding from an HTTP/1.0 client, an HTTP/1.1 request with no Host
+ * field or more than one, a line end other than CRLF or LF, a request line other than method SP
+ * target SP "HTTP/" DIGIT "." DIGIT — Debian's http-parser is built lenient, and the server
+ * checks these itself) gets 400, a coding before chunked (gzip, chunked: not undone by the
+ * server) 501, an HTTP version other than 1.x 505 (1.2 and later minors are served as 1.1), a
+ * head larger than max_header_bytes 431 (and any head beyond http-parser's own 80 KiB), a body
+ * larger than max_body_bytes 413 (a declared Content-Length at once, without reading the body),
+ * a head not complete within header_timeout_ms 408, a body that stalls for idle_timeout_ms 408;
+ * each is sent after the answers owed to the requests before it, and then the connection closes
+ * without loss. `Expect: 100-continue` gets "HTTP/1.1 100 Continue" when the body is wanted
+ * (the head passed every check and a declared length fits max_body_bytes), after the answers
+ * owed before it; an HTTP/1.0 client's expectation is ignored.
  */
 #ifndef IOLOOP_HTTP_H
 #define IOLOOP_HTTP_H
@@ -123,9 +122,9 @@ IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
  * beyond the call that ends it.
  *
  * The request line and Host are not judged beyond the checks above: the target may be in
- * origin, absolute ("http://a/b") or asterisk form as sent, and an HTTP/1.1 request without
- * a Host field is served (RFC 9112 §3.2 would have 400; ioloop_http_header(req, "Host") is
- * then NULL, and the application may refuse it so).
+ * origin, absolute ("http://a/b") or asterisk form as sent, and Host's value is the
+ * application's to judge (an HTTP/1.0 request may come without one: then
+ * ioloop_http_header(req, "Host") is NULL).
  */
 
 /** The method as sent: "GET", "POST", "HEAD", … Valid until the request ends. */

@@ -437,6 +437,8 @@ static int on_headers_complete(http_parser *p)
     }
     req->method = http_method_str((enum http_method)p->method);
     req->minor = p->http_minor > 0 ? 1 : 0;
+    if (req->minor == 1 && ioloop__http_msg_count(&req->msg, "Host") == 0)
+        return refuse(hc, -EBADMSG); /* a 1.1 request names its host (RFC 9112 §3.2) */
     if ((err = codings_check(req)) != 0) {
         hc->error = err;
         return -1;
