@@ -196,20 +196,6 @@ static void in_loop_cb(ioloop_t *loop, void *arg)
     pthread_mutex_unlock(&c->lock);
 }
 
-static struct timespec deadline_in_ms(int ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 static void cond_init(pthread_cond_t *cond)
 {
     pthread_condattr_t attr;
@@ -223,7 +209,7 @@ static void cond_init(pthread_cond_t *cond)
 void tc_run_in_loop(ioloop_t *loop, void (*fn)(void *arg), void *arg)
 {
     struct in_loop c = { .fn = fn, .arg = arg, .done = false };
-    struct timespec deadline = deadline_in_ms(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_MONOTONIC, TEST_WAIT_MS);
 
     pthread_mutex_init(&c.lock, NULL);
     cond_init(&c.cond);
@@ -270,7 +256,7 @@ void tc_rec_destroy(struct tc_rec *r)
 
 bool tc_wait(struct tc_rec *r, const int *field, int target)
 {
-    struct timespec deadline = deadline_in_ms(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_MONOTONIC, TEST_WAIT_MS);
     bool ok;
 
     pthread_mutex_lock(&r->lock);
@@ -284,7 +270,7 @@ bool tc_wait(struct tc_rec *r, const int *field, int target)
 
 bool tc_wait_size(struct tc_rec *r, const size_t *field, size_t target)
 {
-    struct timespec deadline = deadline_in_ms(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_MONOTONIC, TEST_WAIT_MS);
     bool ok;
 
     pthread_mutex_lock(&r->lock);

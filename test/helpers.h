@@ -8,6 +8,7 @@
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <ioloop.h>
 
@@ -20,6 +21,10 @@ int test_count_threads(void);
 
 /* CLOCK_MONOTONIC in microseconds. */
 uint64_t test_now_us(void);
+
+/* The time ms milliseconds from now on `clock`, as pthread_cond_timedwait() takes it:
+ * CLOCK_REALTIME for a default condition variable, or the clock it was made with. */
+struct timespec test_deadline(clockid_t clock, int ms);
 
 /* A loop started in a thread of its own; test_loop_thread_join() waits for start() to return. */
 typedef struct test_loop_thread {

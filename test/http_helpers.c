@@ -80,23 +80,9 @@ void ht_note(struct ht_server *s, int rc)
     pthread_mutex_unlock(&s->lock);
 }
 
-static struct timespec deadline_in(int ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 static bool wait_field(struct ht_server *s, const int *field, int n)
 {
-    struct timespec deadline = deadline_in(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_REALTIME, TEST_WAIT_MS);
     bool ok;
 
     pthread_mutex_lock(&s->lock);
@@ -181,7 +167,7 @@ static void in_loop_cb(ioloop_t *loop, void *arg)
 void ht_in_loop(struct ht_server *s, void (*fn)(struct ht_server *s))
 {
     struct in_loop c = {.s = s, .fn = fn};
-    struct timespec deadline = deadline_in(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_REALTIME, TEST_WAIT_MS);
 
     pthread_mutex_init(&c.lock, NULL);
     pthread_cond_init(&c.cond, NULL);

@@ -69,20 +69,6 @@ struct job {
     pthread_t fn_thread;
 };
 
-static struct timespec deadline_in(int ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 static void client_start(struct client *c)
 {
     memset(c, 0, sizeof *c);
@@ -143,7 +129,7 @@ static void call_cb(ioloop_t *loop, void *arg)
 static void in_loop(struct client *c, void (*fn)(void *arg), void *arg)
 {
     struct call k = {.c = c, .fn = fn, .arg = arg};
-    struct timespec deadline = deadline_in(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_REALTIME, TEST_WAIT_MS);
 
     assert_int_equal(ioloop_add_callback(c->loop, call_cb, &k), 0);
     pthread_mutex_lock(&c->lock);
@@ -226,7 +212,7 @@ static int64_t job_start(struct job *j)
 /* Waits for fn (bounded) and checks that it ran exactly once. */
 static void job_wait(struct job *j)
 {
-    struct timespec deadline = deadline_in(TEST_WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_REALTIME, TEST_WAIT_MS);
     int calls;
 
     pthread_mutex_lock(&j->c->lock);

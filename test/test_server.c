@@ -174,20 +174,6 @@ static bool ipv6_loopback_available(void)
     return ok;
 }
 
-static struct timespec deadline_in(int ms)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += ms / 1000;
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* ---- The server side: an echo server that records what its callbacks see ---------------- */
 
 struct srv {
@@ -233,7 +219,7 @@ static void srv_destroy(struct srv *s)
 /* Waits until *field >= target with no callback in progress, or WAIT_MS; returns whether. */
 static bool srv_wait(struct srv *s, const int *field, int target)
 {
-    struct timespec deadline = deadline_in(WAIT_MS);
+    struct timespec deadline = test_deadline(CLOCK_MONOTONIC, WAIT_MS);
     bool ok;
 
     pthread_mutex_lock(&s->lock);
@@ -938,7 +924,7 @@ static void test_server_free_with_pending_output(void **state)
     pthread_condattr_destroy(&attr);
     f.done = false;
     assert_int_equal(pthread_create(&thread, NULL, freer_main, &f), 0);
-    deadline = deadline_in(WAIT_MS);
+    deadline = test_deadline(CLOCK_MONOTONIC, WAIT_MS);
     pthread_mutex_lock(&f.lock);
     while (!f.done)
         if (pthread_cond_timedwait(&f.cond, &f.lock, &deadline) == ETIMEDOUT)
