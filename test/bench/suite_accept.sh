@@ -61,6 +61,8 @@
 # (50000), REPEATS (3), CONNS ("1 50"), IMPLS (default: all of the above), PORT_BASE (19400;
 # busy ports are skipped), NGINX (nginx, from PATH or /usr/sbin), SYSCALLS (0).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 client_kind=${CLIENT:-accept_client}
@@ -85,10 +87,6 @@ clk_tck=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
 # Stops every server this script started, by pid: SIGTERM, then SIGKILL for any still there
 # after 5 s. nginx's worker is in the list too, in case its master died without it.
 # shellcheck disable=SC2317  # run by the EXIT trap
@@ -108,10 +106,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 # server_argv IMPL: sets argv to the server's command line (without the address), or for
 # nginx to the nginx binary alone.

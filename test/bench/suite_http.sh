@@ -61,6 +61,8 @@
 # CLOSE_CONNS (50), AB_MAX (50000), REPEATS (3), IMPLS ("ioloop nginx evhttp"), PORT_BASE
 # (19400; busy ports are skipped), NGINX (nginx, from PATH or /usr/sbin).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 secs=${HTTP_SECONDS:-5}
@@ -88,20 +90,6 @@ clk_tck=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
-# stop PID: SIGTERM, then SIGKILL if it is still there after 5 s; reaps it.
-stop() {
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 50); do
-        alive "$1" || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     local pid
@@ -113,10 +101,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 # cpu_us PID: the CPU time (utime + stime) process PID has used, in microseconds. Fields are
 # counted after the command name's ')': utime and stime are fields 14 and 15.

@@ -20,6 +20,8 @@
 # stdout: RESULT  idle  IMPL  N=..  bytes/conn  VALUE  lower     (tab-separated)
 # Environment: IDLE_CONNS (10000), REPEATS (3), IMPLS (default: all), PORT_BASE (19300).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 nconns=${IDLE_CONNS:-10000}
@@ -48,20 +50,6 @@ server_argv() {
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
-# stop PID: SIGTERM, then SIGKILL if it is still there after 5 s; reaps it.
-stop() {
-    kill "$1" 2>/dev/null || true
-    for _ in $(seq 50); do
-        alive "$1" || break
-        sleep 0.1
-    done
-    kill -KILL "$1" 2>/dev/null || true
-    wait "$1" 2>/dev/null || true
-}
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
     local pid
@@ -71,10 +59,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 # wait_line FILE PATTERN PID TIMEOUT_S: waits until FILE has a line matching PATTERN;
 # fails if PID exits first or the time runs out.

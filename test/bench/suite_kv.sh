@@ -30,6 +30,8 @@
 # KV_CLIENTS (50), KV_KEYSPACE (100000), PIPELINES ("1 16"), TESTS ("set get"),
 # IMPLS ("ioloop redis-server"), PORT_BASE (19500; busy ports are skipped).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 repeats=${REPEATS:-3}
@@ -62,10 +64,6 @@ server_argv() {
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
 # Stops every server this script started: SIGTERM, then SIGKILL for any still there after 5 s.
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
@@ -84,10 +82,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 # start IMPL: starts its server pinned to CPU 0 on a free port and waits until it answers
 # PING; sets pid_IMPL and port_IMPL (dashes become underscores).

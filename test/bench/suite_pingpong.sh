@@ -33,6 +33,8 @@
 # CONNS ("1 10 100 1000"), SIZES ("16 4096 16384"), IMPLS (default: all of the above),
 # PORT_BASE (19200; busy ports are skipped).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 secs=${BENCH_SECONDS:-5}
@@ -64,10 +66,6 @@ server_argv() {
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
 # Stops every server this script started: SIGTERM, then SIGKILL for any still there after 5 s.
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
@@ -86,10 +84,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 # start IMPL: starts its server pinned to CPU 0 on a free port and waits for its "listening"
 # line; sets pid_IMPL and port_IMPL (dashes become underscores).

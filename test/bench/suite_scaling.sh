@@ -16,6 +16,8 @@
 # Environment: BENCH_SECONDS (5), BENCH_WARMUP (1), REPEATS (3), LOOPS ("1 2"),
 # SCALING_CONNS (100), SCALING_SIZE (4096), PORT_BASE (19400).
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:-build}
 secs=${BENCH_SECONDS:-5}
@@ -35,10 +37,6 @@ done
 
 tmp=$(mktemp -d)
 pids=()
-# alive PID: the process exists and is not a zombie.
-alive() {
-    [[ -r /proc/$1/stat ]] && [[ $(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) != Z ]]
-}
 # Stops every server this script started: SIGTERM, then SIGKILL for any still there after 5 s.
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
@@ -57,10 +55,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# free_port: advances $port past ports something already listens on.
-free_port() {
-    while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
-}
 
 median() {
     printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
