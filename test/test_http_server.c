@@ -911,6 +911,31 @@ static void test_http_server_target_forms(void **state)
     ht_close(&c);
 }
 
+/* No tunnels (http.h): Upgrade is ignored and CONNECT is an ordinary request; the bytes behind
+ * either are the next requests, answered in order. */
+static void test_http_server_no_tunnels(void **state)
+{
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /lookup HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\n"
+                "Upgrade: websocket\r\n\r\n"
+                "CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n"
+                "GET /hello HTTP/1.1\r\nHost: h\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "GET|/lookup|(null)|h|(null)");
+    ht_response_free(&r);
+    ht_expect(&c, &r, 404); /* the application's answer to CONNECT h:443 */
+    ht_response_free(&r);
+    ht_expect(&c, &r, 200);
+    assert_string_equal(r.body, "hello");
+    ht_response_free(&r);
+    assert_int_equal(ht_requests(s), 3);
+    ht_close(&c);
+}
+
 static void test_http_server_lookup(void **state)
 {
     struct ht_server *s = *state;
@@ -1297,6 +1322,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_header_injection, setup, teardown),
         cmocka_unit_test(test_http_server_null_request),
         cmocka_unit_test_setup_teardown(test_http_server_target_forms, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_no_tunnels, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_lookup, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_client_left, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_free_unended, setup, teardown),

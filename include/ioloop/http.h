@@ -124,7 +124,11 @@ IOLOOP_EXPORT void ioloop_http_server_free(ioloop_http_server_t *server);
  * The request line and Host are not judged beyond the checks above: the target may be in
  * origin, absolute ("http://a/b") or asterisk form as sent, and Host's value is the
  * application's to judge (an HTTP/1.0 request may come without one: then
- * ioloop_http_header(req, "Host") is NULL).
+ * ioloop_http_header(req, "Host") is NULL). The server makes no tunnels: an `Upgrade` field
+ * is ignored (the answer is never 101, so the connection goes on speaking HTTP/1.1, as RFC
+ * 9110 §7.8 allows), and CONNECT reaches the handler like any method, its target the
+ * authority as sent; what follows on the connection is parsed as HTTP requests, so the
+ * handler should refuse it (405 or 501) rather than answer 2xx.
  */
 
 /** The method as sent: "GET", "POST", "HEAD", … Valid until the request ends. */
