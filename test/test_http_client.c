@@ -1711,6 +1711,31 @@ static int fetch_rc(struct client *c, const char *method, const char *url,
     return (int)j.id;
 }
 
+/* A request larger than a connection's output limit is refused with -EMSGSIZE, whether its
+ * body or its fields make it so, and nothing is sent. */
+static void test_http_client_request_too_large(void **state)
+{
+    size_t n = IOLOOP_CONN_MAX_OUTPUT + 1;
+    char *big = malloc(n + 1);
+    const char *fields[2] = {big, NULL};
+    struct client c;
+    struct peer p;
+
+    assert_non_null(big);
+    peer_open(&p);
+    client_start(&c);
+    memset(big, 'a', n);
+    big[n] = '\0';
+    assert_int_equal(fetch_rc(&c, "POST", p.url, NULL, big, n), -EMSGSIZE);
+    memcpy(big, "X: ", 3); /* one field beyond the limit by itself */
+    assert_int_equal(fetch_rc(&c, "GET", p.url, fields, NULL, 0), -EMSGSIZE);
+    peer_quiet(&p, 100);
+    assert_int_equal(client_stats(&c).connects, 0);
+    client_stop(&c, 0);
+    peer_close(&p);
+    free(big);
+}
+
 struct null_call {
     struct client *c;
     int rc[6];
@@ -2054,6 +2079,7 @@ int main(void)
         T(test_http_client_pool_dead_idle),
         T(test_http_client_stale_retry),
         T(test_http_client_einval),
+        T(test_http_client_request_too_large),
         T(test_http_client_wrong_thread),
         T(test_http_client_cancel),
         T(test_http_client_free_in_flight),
