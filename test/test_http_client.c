@@ -1543,6 +1543,77 @@ static void test_http_client_pool_idle_timeout(void **state)
     peer_close(&p);
 }
 
+/* A pooled connection whose idle timeout ran out is dead at once, though it leaves the pool
+ * only when its close comes (deferred, after the batch of timers). A fetch made by a timer of
+ * that same batch must not be given it: it goes out on a new connection. The loop is made
+ * late on purpose (the first fn blocks it), so that both timers are due in one batch, the
+ * idle timeout first. */
+#define DEAD_IDLE_MS 100
+
+struct dead_pooled {
+    struct job second;
+    bool fired;
+};
+
+static void dead_pooled_fetch(ioloop_t *loop, void *arg)
+{
+    struct dead_pooled *d = arg;
+
+    fetch_now(&d->second, loop);
+    pthread_mutex_lock(&d->second.c->lock);
+    d->fired = true;
+    pthread_cond_broadcast(&d->second.c->cond);
+    pthread_mutex_unlock(&d->second.c->lock);
+}
+
+static void dead_pooled_then(struct job *j, ioloop_t *loop, int err)
+{
+    if (err != 0)
+        return;
+    assert_true(ioloop_run_after(loop, DEAD_IDLE_MS + 10, dead_pooled_fetch, j->then_arg) > 0);
+    usleep((DEAD_IDLE_MS + 60) * 1000); /* the loop is late: both timers are due together */
+}
+
+static void test_http_client_pool_dead_idle(void **state)
+{
+    struct timespec deadline = test_deadline(CLOCK_REALTIME, TEST_WAIT_MS);
+    struct dead_pooled d = {0};
+    char req[1024];
+    struct client c;
+    struct peer p;
+    struct job j;
+    int fd = -1, fd2;
+
+    peer_open(&p);
+    client_start(&c);
+    set_limits(&c, 0, DEAD_IDLE_MS);
+    job_init(&d.second, &c, p.url);
+    job_init(&j, &c, p.url);
+    j.then = dead_pooled_then;
+    j.then_arg = &d;
+    assert_int_equal(peer_exchange(&j, &p, &fd, OK5), 0);
+    job_free(&j);
+    pthread_mutex_lock(&c.lock);
+    while (!d.fired)
+        if (pthread_cond_timedwait(&c.cond, &c.lock, &deadline) == ETIMEDOUT)
+            break;
+    pthread_mutex_unlock(&c.lock);
+    assert_true(d.fired);
+    if (d.second.id < 0)
+        fail_msg("fetch: %s", strerror((int)-d.second.id)); /* -EPIPE: the dead connection */
+    fd2 = peer_accept(&p);
+    assert_true(peer_request(fd2, req, sizeof req) > 0);
+    peer_send(fd2, OK5);
+    job_wait(&d.second);
+    assert_int_equal(d.second.err, 0);
+    assert_string_equal(d.second.body_out, "hello");
+    job_free(&d.second);
+    close(fd2);
+    close(fd);
+    client_stop(&c, 0);
+    peer_close(&p);
+}
+
 /* The race the pool cannot see: the server closes a kept-alive connection just as a request
  * goes out on it (EOF or reset before any byte of an answer). An idempotent request is sent
  * once more on a fresh connection; a POST is not (the server may have acted on it):
@@ -1638,6 +1709,31 @@ static int fetch_rc(struct client *c, const char *method, const char *url,
     j.len = len;
     in_loop(c, start_cb, &j);
     return (int)j.id;
+}
+
+/* A request larger than a connection's output limit is refused with -EMSGSIZE, whether its
+ * body or its fields make it so, and nothing is sent. */
+static void test_http_client_request_too_large(void **state)
+{
+    size_t n = IOLOOP_CONN_MAX_OUTPUT + 1;
+    char *big = malloc(n + 1);
+    const char *fields[2] = {big, NULL};
+    struct client c;
+    struct peer p;
+
+    assert_non_null(big);
+    peer_open(&p);
+    client_start(&c);
+    memset(big, 'a', n);
+    big[n] = '\0';
+    assert_int_equal(fetch_rc(&c, "POST", p.url, NULL, big, n), -EMSGSIZE);
+    memcpy(big, "X: ", 3); /* one field beyond the limit by itself */
+    assert_int_equal(fetch_rc(&c, "GET", p.url, fields, NULL, 0), -EMSGSIZE);
+    peer_quiet(&p, 100);
+    assert_int_equal(client_stats(&c).connects, 0);
+    client_stop(&c, 0);
+    peer_close(&p);
+    free(big);
 }
 
 struct null_call {
@@ -1980,8 +2076,10 @@ int main(void)
         T(test_http_client_pool_drops),
         T(test_http_client_early_response),
         T(test_http_client_pool_idle_timeout),
+        T(test_http_client_pool_dead_idle),
         T(test_http_client_stale_retry),
         T(test_http_client_einval),
+        T(test_http_client_request_too_large),
         T(test_http_client_wrong_thread),
         T(test_http_client_cancel),
         T(test_http_client_free_in_flight),

@@ -416,6 +416,34 @@ static void test_http_limits_idle_timeout(void **state)
     ht_close(&c);
 }
 
+/* A timeout as large as a uint64_t holds means "never" in effect: the deadline it makes from
+ * the loop's clock must not wrap to the past (an immediate 408, an immediate close). */
+static void test_http_limits_huge_timeouts(void **state)
+{
+    struct ht_server s = {0};
+    struct ht_client c;
+    struct ht_response r;
+
+    (void)state;
+    ht_start(&s,
+             &(ioloop_http_options_t){
+                 .header_timeout_ms = UINT64_MAX,
+                 .idle_timeout_ms = UINT64_MAX,
+             },
+             echo);
+    ht_connect(&c, s.port);
+    ht_expect_silence(&c, 200); /* no 408 for a head that has not come yet */
+    ht_send(&c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    ht_response_free(&r);
+    ht_expect_silence(&c, 200); /* kept alive, not closed at once */
+    ht_send(&c, "GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    ht_response_free(&r);
+    ht_close(&c);
+    ht_stop(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -431,6 +459,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_limits_slow_drip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_body_timeout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_limits_idle_timeout, setup, teardown),
+        cmocka_unit_test(test_http_limits_huge_timeouts),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -450,6 +450,51 @@ static void test_http_server_pipeline_pauses(void **state)
     ht_close(&c);
 }
 
+/* A response that closes the connection, decided while an earlier request is still with the
+ * application (the application's Connection: close; a streamed response to an HTTP/1.0
+ * client, whose body ends with the connection): nothing after it is read, so no handler runs
+ * for a request that could never be answered (RFC 9112 §9.6). */
+static void test_http_server_close_decided_early(void **state)
+{
+    static const char *const first[] = {
+        "GET /hold HTTP/1.1\r\nHost: t\r\n\r\nGET /close HTTP/1.1\r\nHost: t\r\n\r\n",
+        "GET /hold HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+        "GET /stream HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+    };
+    static const char *const body[] = {"bye", "abcdefg"};
+    struct ht_server *s = *state;
+    struct ht_client c;
+    struct ht_response r;
+
+    for (int i = 0; i < 2; i++) {
+        int before = ht_requests(s);
+
+        ht_connect(&c, s->port);
+        ht_send(&c, first[i]);
+        assert_true(ht_wait_requests(s, before + 2));
+        ht_send(&c, "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+        /* Two round trips through the loop: the request would have been read by now. */
+        ht_in_loop(s, count_held);
+        ht_in_loop(s, count_held);
+        assert_int_equal(ht_requests(s), before + 2);
+        ht_in_loop(s, respond_all_held);
+        ht_expect(&c, &r, 200);
+        assert_string_equal(r.body, "0");
+        ht_response_free(&r);
+        if (i == 0) {
+            ht_expect(&c, &r, 200);
+        } else {
+            assert_int_equal(ht_recv(&c, &r, false), 0); /* up to the end of the stream */
+            assert_int_equal(r.status, 200);
+        }
+        assert_string_equal(r.body, body[i]);
+        ht_response_free(&r);
+        assert_int_equal(ht_expect_eof(&c), 0);
+        ht_close(&c);
+        assert_int_equal(ht_requests(s), before + 2);
+    }
+}
+
 static void check_big(struct ht_client *c, size_t n)
 {
     struct ht_response r;
@@ -1307,6 +1352,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_http_server_pipelined_in_order, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipeline_bound, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_pipeline_pauses, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_http_server_close_decided_early, setup, teardown),
         cmocka_unit_test_setup_teardown(test_http_server_slow_reader, setup, teardown),
         cmocka_unit_test(test_http_server_output_limit),
         cmocka_unit_test_setup_teardown(test_http_server_http10, setup, teardown),

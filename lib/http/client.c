@@ -168,18 +168,24 @@ static void pool_unlink(struct cconn *cc)
     }
 }
 
-/* An idle connection to `addr`, taken out of the pool, or NULL. */
+/* An idle connection to `addr`, taken out of the pool, or NULL. A connection that died while
+ * idle (its idle timeout, say) stays listed until its on_close, which is deferred: such a one
+ * is only unlinked here (on_close frees it), and the next is tried. */
 static struct cconn *pool_take(struct http_client *cl, const char *addr)
 {
     struct pool_host *h;
     struct cconn *cc;
 
-    HASH_FIND_STR(cl->hosts, addr, h);
-    if (h == NULL)
-        return NULL;
-    cc = h->idle;
-    pool_unlink(cc);
-    ioloop_conn_set_idle_timeout(cc->conn, 0); /* the fetch's own timeout is what counts */
+    for (;;) {
+        HASH_FIND_STR(cl->hosts, addr, h); /* again each time: unlinking the last frees h */
+        if (h == NULL)
+            return NULL;
+        cc = h->idle;
+        pool_unlink(cc);
+        /* The fetch's own timeout is what counts; -EPIPE: the connection is closing. */
+        if (ioloop_conn_set_idle_timeout(cc->conn, 0) == 0)
+            break;
+    }
     cc->reused = true;
     cl->stats.reuses++;
     return cc;

@@ -191,7 +191,7 @@ int ioloop__http_request_build(const char *method, const struct ioloop__http_url
     /* The request line, Host, the fields, Content-Length, the blank line. */
     size = strlen(method) + 1 + 1 + u->path_len + 1 + u->query_len + sizeof " HTTP/1.1\r\n" +
            sizeof "Host: \r\n" + strlen(u->host) + fields + sizeof length_field + 2;
-    if (len > IOLOOP_CONN_MAX_OUTPUT - size)
+    if (size > IOLOOP_CONN_MAX_OUTPUT || len > IOLOOP_CONN_MAX_OUTPUT - size)
         return -EMSGSIZE; /* more than a connection takes in one write */
     b.p = malloc(size + len);
     if (b.p == NULL)

@@ -197,6 +197,14 @@ int ioloop__http_answer(ioloop_http_request_t *req, int status, const void *body
 
 /* ---- The application's calls ------------------------------------------------------------ */
 
+/* The response closes the connection: the requests after it are not read. */
+static void closes(ioloop_http_request_t *req)
+{
+    req->flags |= F_CLOSE;
+    if (req->hc != NULL)
+        ioloop__http_conn_stop(req->hc);
+}
+
 /* The checks every ending call makes first. */
 static int usable(const ioloop_http_request_t *req)
 {
@@ -254,7 +262,7 @@ int ioloop_http_add_header(ioloop_http_request_t *req, const char *name, const c
     known = known_field(name, name_len);
     req->flags |= known;
     if (known == H_CONNECTION && strcasecmp(value, "close") == 0)
-        req->flags |= F_CLOSE;
+        closes(req);
     return 0;
 }
 
@@ -313,6 +321,8 @@ int ioloop_http_write_head(ioloop_http_request_t *req, int status)
         req->flags = before;
         return err;
     }
+    if (req->flags & F_CLOSE)
+        closes(req);
     kick(req);
     return 0;
 }

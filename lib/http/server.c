@@ -69,7 +69,9 @@ void ioloop__http_tq_add(struct http_tq *tq, struct http_conn *hc)
 
     ioloop__http_tq_remove(hc);
     hc->tq = tq;
-    hc->deadline_ms = now + tq->timeout_ms;
+    /* Saturated: a timeout beyond the clock's range is "never", not a deadline that wrapped
+     * into the past. */
+    hc->deadline_ms = tq->timeout_ms > UINT64_MAX - now ? UINT64_MAX : now + tq->timeout_ms;
     hc->tq_next = NULL;
     hc->tq_prev = tq->tail;
     if (tq->tail != NULL)

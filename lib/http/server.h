@@ -183,6 +183,9 @@ void ioloop__http_conn_advance(struct http_conn *hc);
 void ioloop__http_conn_failed(struct http_conn *hc);
 /* server_conn.c: a timeout queue's deadline passed for hc (already out of the queue). */
 void ioloop__http_conn_expired(struct http_conn *hc, struct http_tq *tq);
+/* server_conn.c: a response of hc was made one that closes the connection (F_CLOSE) after
+ * the request was read: nothing more is read on it. */
+void ioloop__http_conn_stop(struct http_conn *hc);
 /* server_conn.c: the server drains: close hc if idle, else make its last request the last. */
 void ioloop__http_conn_drain(struct http_conn *hc);
 /* server_conn.c: an ended (or never dispatched) request goes back to its loop's cache. */

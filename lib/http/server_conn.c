@@ -305,6 +305,14 @@ void ioloop__http_conn_expired(struct http_conn *hc, struct http_tq *tq)
         close_conn(hc); /* idle between requests: nothing to answer */
 }
 
+void ioloop__http_conn_stop(struct http_conn *hc)
+{
+    if (hc->flags & C_STOPPED)
+        return;
+    hc->flags |= C_STOPPED; /* a request being read is dropped with the connection */
+    ioloop__http_tq_remove(hc);
+}
+
 void ioloop__http_conn_drain(struct http_conn *hc)
 {
     if (hc->flags & C_STOPPED)
