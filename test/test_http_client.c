@@ -1407,6 +1407,7 @@ static void test_http_client_refused(void **state)
 static void test_http_client_pool_drops(void **state)
 {
     static const char *const app_close[] = {"Connection: close", NULL};
+    static const char *const app_close_list[] = {"connection:keep-alive,Close ", NULL};
     struct client c;
     struct peer p;
     struct job j;
@@ -1462,8 +1463,16 @@ static void test_http_client_pool_drops(void **state)
     job_free(&j);
     peer_expect_closed(fd);
     close(fd);
+    fd = -1;
+    job_init(&j, &c, p.url); /* "close" as one element of a list */
+    j.headers = app_close_list;
+    assert_int_equal(peer_exchange(&j, &p, &fd, OK5), 0);
     assert_int_equal(client_stats(&c).idle, 0);
-    assert_int_equal(client_stats(&c).connects, 5);
+    job_free(&j);
+    peer_expect_closed(fd);
+    close(fd);
+    assert_int_equal(client_stats(&c).idle, 0);
+    assert_int_equal(client_stats(&c).connects, 6);
     assert_int_equal(client_stats(&c).retries, 0);
     client_stop(&c, 0);
     peer_close(&p);

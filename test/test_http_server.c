@@ -77,6 +77,7 @@ static bool starts(const char *s, const char *prefix)
  * /inject     add_header attempts (codes noted), then 200
  * /lookup     200 "method|target|x-dup|host|missing"
  * /close      200 with the application's Connection: close
+ * /close-list 200 with the application's Connection: "Keep-Alive , CLOSE" (a list)
  * /status/N   status N, no body
  * /big/N      200 with N bytes of pattern (pattern())
  * /stream-big write_head, a write beyond the output limit (code noted), "0123456789", finish
@@ -187,6 +188,9 @@ static void handle(ioloop_http_request_t *req, struct ht_server *s)
         free(body);
     } else if (strcmp(t, "/close") == 0) {
         assert_int_equal(ioloop_http_add_header(req, "Connection", "close"), 0);
+        ioloop_http_respond(req, 200, "bye", 3);
+    } else if (strcmp(t, "/close-list") == 0) {
+        assert_int_equal(ioloop_http_add_header(req, "Connection", "Keep-Alive , CLOSE"), 0);
         ioloop_http_respond(req, 200, "bye", 3);
     } else {
         ioloop_http_respond(req, 404, NULL, 0);
@@ -608,7 +612,8 @@ static void test_http_server_connection_close(void **state)
     ht_close(&c);
     assert_int_equal(ht_requests(s), 1);
 
-    /* The application may close too. */
+    /* The application may close too, also with "close" as one element of a list; the
+     * request behind it is not read. */
     ht_connect(&c, s->port);
     ht_send(&c, "GET /close HTTP/1.1\r\nHost: t\r\n\r\n");
     ht_expect(&c, &r, 200);
@@ -616,6 +621,15 @@ static void test_http_server_connection_close(void **state)
     ht_response_free(&r);
     assert_int_equal(ht_expect_eof(&c), 0);
     ht_close(&c);
+    ht_connect(&c, s->port);
+    ht_send(&c, "GET /close-list HTTP/1.1\r\nHost: t\r\n\r\n"
+                "GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    ht_expect(&c, &r, 200);
+    assert_string_equal(ht_field(&r, "Connection"), "Keep-Alive , CLOSE");
+    ht_response_free(&r);
+    assert_int_equal(ht_expect_eof(&c), 0);
+    ht_close(&c);
+    assert_int_equal(ht_requests(s), 3);
 }
 
 static void test_http_server_head(void **state)

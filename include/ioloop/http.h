@@ -101,7 +101,9 @@ IOLOOP_EXPORT int ioloop_http_server_port(const ioloop_http_server_t *server);
  * after it), and returns as ioloop_server_drain() does: 0 once no connection is left, else the
  * number still open after timeout_ms. With several pipelined requests in progress on a
  * connection, all are answered and the last one closes it; a request being received is read
- * to its end and answered so. A connection that has not sent its first request yet is served
+ * to its end and answered so. A response whose head was made before the call (ended and
+ * waiting behind an earlier answer, or streaming) goes out as it was made, without the field,
+ * and the connection still closes after the last one. A connection that has not sent its first request yet is served
  * that request (its client connected before the drain); header_timeout_ms bounds its wait.
  * -EINVAL for NULL. The owning thread; never a pool loop (-EDEADLK).
  */

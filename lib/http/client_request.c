@@ -126,8 +126,8 @@ static bool name_is(const char *field, size_t name_len, const char *name)
  * but tabs. Returns FIELD_* or -EINVAL. */
 static int check_field(const char *field)
 {
-    const char *colon = strchr(field, ':'), *value;
-    size_t name_len, value_len;
+    const char *colon = strchr(field, ':');
+    size_t name_len;
 
     if (colon == NULL)
         return -EINVAL;
@@ -141,11 +141,8 @@ static int check_field(const char *field)
         return FIELD_HOST;
     if (!name_is(field, name_len, "Connection"))
         return FIELD_PLAIN;
-    value = colon + 1 + strspn(colon + 1, " \t");
-    value_len = strlen(value);
-    while (value_len > 0 && (value[value_len - 1] == ' ' || value[value_len - 1] == '\t'))
-        value_len--;
-    return value_len == 5 && strncasecmp(value, "close", 5) == 0 ? FIELD_CLOSE : FIELD_PLAIN;
+    return ioloop__http_list_has(colon + 1, strlen(colon + 1), "close") ? FIELD_CLOSE
+                                                                         : FIELD_PLAIN;
 }
 
 /* A buffer the request is assembled in; its size is counted first, so it never grows. */

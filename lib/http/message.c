@@ -57,6 +57,26 @@ bool ioloop__http_is_token(const char *s, size_t len)
     return true;
 }
 
+bool ioloop__http_list_has(const char *s, size_t len, const char *token)
+{
+    size_t want = strlen(token);
+    const char *end = s + len;
+
+    while (s < end) {
+        const char *comma = memchr(s, ',', (size_t)(end - s));
+        const char *b = s, *e = comma != NULL ? comma : end;
+
+        while (b < e && (*b == ' ' || *b == '\t'))
+            b++;
+        while (e > b && (e[-1] == ' ' || e[-1] == '\t'))
+            e--;
+        if ((size_t)(e - b) == want && strncasecmp(b, token, want) == 0)
+            return true;
+        s = comma != NULL ? comma + 1 : end;
+    }
+    return false;
+}
+
 bool ioloop__http_is_field_value(const char *s)
 {
     for (; *s != '\0'; s++) {

@@ -113,5 +113,8 @@ void ioloop__http_framing_chunk_end(struct ioloop__http_framing *f);
 bool ioloop__http_is_token(const char *s, size_t len);
 /* May s be sent as a field value: no control character but HTAB? */
 bool ioloop__http_is_field_value(const char *s);
+/* Does the comma-separated list s[0..len) (a Connection value, say) hold `token`, in any
+ * case, with optional whitespace around its elements (RFC 9110 §5.6.1)? */
+bool ioloop__http_list_has(const char *s, size_t len, const char *token);
 
 #endif /* IOLOOP_LIB_HTTP_MESSAGE_H */

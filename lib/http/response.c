@@ -261,7 +261,7 @@ int ioloop_http_add_header(ioloop_http_request_t *req, const char *name, const c
         return err;
     known = known_field(name, name_len);
     req->flags |= known;
-    if (known == H_CONNECTION && strcasecmp(value, "close") == 0)
+    if (known == H_CONNECTION && ioloop__http_list_has(value, value_len, "close"))
         closes(req);
     return 0;
 }
