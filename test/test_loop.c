@@ -1109,6 +1109,210 @@ static void test_loop_remove_add_same_iteration(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/* ---- Pausing a handler ------------------------------------------------------------------ */
+
+/* Reads its byte, pauses and resumes itself, and makes itself readable again. */
+static void repause_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct rearm_ctx *c = arg;
+    char byte;
+    int rc;
+
+    assert_int_equal(events, IOLOOP_READ);
+    assert_int_equal(read(fd, &byte, 1), 1);
+    if (++c->calls == REARMS) {
+        ioloop_stop(loop);
+        return;
+    }
+    if ((rc = ioloop_pause_handler(loop, fd)) != 0 || (rc = ioloop_resume_handler(loop, fd)) != 0)
+        c->rc = rc;
+    else if (write(c->s[1], "x", 1) != 1)
+        c->rc = -errno;
+}
+
+/* A pause and a resume within one iteration (libev's stop + start): no system call at all,
+ * and the handler goes on getting its events. */
+static void test_loop_pause_resume_same_iteration(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct rearm_ctx c = {0};
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(c.s);
+    count_epoll_ctl(c.s[0]);
+    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, repause_handler, &c), 0);
+    assert_int_equal(ioloop_pause_handler(loop, c.s[0]), 0);
+    assert_int_equal(ioloop_pause_handler(loop, c.s[0]), 0); /* paused already: nothing */
+    assert_int_equal(ioloop_resume_handler(loop, c.s[0]), 0);
+    assert_int_equal(ioloop_resume_handler(loop, c.s[0]), 0); /* not paused: nothing */
+    write_byte(c.s[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(c.calls, REARMS);
+    assert_int_equal(atomic_load(&ctl_adds), 1); /* the add_handler */
+    assert_int_equal(atomic_load(&ctl_mods), 0);
+    assert_int_equal(atomic_load(&ctl_dels), 0);
+    count_epoll_ctl(-1);
+    get_stats(loop, &st);
+    assert_int_equal(st.handlers, 1); /* a paused handler is still one */
+    assert_int_equal(ioloop_remove_handler(loop, c.s[0]), 0);
+    ioloop_free(loop);
+    close_fd(c.s[0]);
+    close_fd(c.s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+struct pause_ctx {
+    int rfd[2], wfd[2];
+    int calls[2];
+    int first;
+    int rc;
+};
+
+/* Both pipes are ready in one batch: the first handler to run pauses the other. */
+static void pause_other_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct pause_ctx *c = arg;
+    int me = fd == c->rfd[0] ? 0 : 1;
+    char byte;
+
+    (void)events;
+    c->calls[me]++;
+    if (c->first < 0) {
+        c->first = me;
+        c->rc = ioloop_pause_handler(loop, c->rfd[1 - me]);
+    }
+    assert_int_equal(read(fd, &byte, 1), 1);
+    ioloop_add_callback(loop, stop_cb, NULL);
+}
+
+/* Events already collected for a handler paused in the same batch are not delivered; after
+ * the resume, the readiness that is still there is. */
+static void test_loop_paused_handler_skips_batch_event(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct pause_ctx c = {.first = -1};
+    int other;
+
+    (void)state;
+    assert_non_null(loop);
+    for (int i = 0; i < 2; i++) {
+        int p[2];
+
+        make_pipe(p);
+        c.rfd[i] = p[0];
+        c.wfd[i] = p[1];
+        assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_READ, pause_other_handler, &c),
+                         0);
+        write_byte(p[1]);
+    }
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.rc, 0);
+    other = 1 - c.first;
+    assert_int_equal(c.calls[c.first], 1);
+    assert_int_equal(c.calls[other], 0);
+
+    assert_int_equal(ioloop_resume_handler(loop, c.rfd[other]), 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(c.calls[other], 1);
+    assert_int_equal(c.calls[c.first], 1);
+    ioloop_free(loop);
+    for (int i = 0; i < 2; i++) {
+        close_fd(c.rfd[i]);
+        close_fd(c.wfd[i]);
+    }
+    assert_int_equal(test_count_fds(), before);
+}
+
+/* A handler still paused at the wait leaves the epoll set: a hung-up pipe (EPOLLHUP, which
+ * epoll reports whatever the mask) does not wake the loop. update_handler works on it, and
+ * the resume adds it back with that mask. */
+static void test_loop_paused_across_wait(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    struct hup_ctx got = {0};
+    int p[2], stops = 0;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_pipe(p);
+    count_epoll_ctl(p[0]);
+    assert_int_equal(ioloop_add_handler(loop, p[0], IOLOOP_WRITE, hup_handler, &got), 0);
+    assert_int_equal(ioloop_pause_handler(loop, p[0]), 0);
+    close_fd(p[1]); /* p[0] hangs up */
+    assert_true(ioloop_run_after(loop, 50, stop_cb, &stops) > 0);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(stops, 1);
+    assert_int_equal(got.calls, 0);
+    get_stats(loop, &st);
+    assert_true(st.iterations <= 4); /* the wait slept: nothing woke it */
+    assert_int_equal(atomic_load(&ctl_dels), 1);
+
+    assert_int_equal(ioloop_update_handler(loop, p[0], IOLOOP_READ), 0);
+    assert_int_equal(atomic_load(&ctl_mods), 0); /* out of the set: nothing to modify */
+    assert_int_equal(ioloop_resume_handler(loop, p[0]), 0);
+    assert_int_equal(atomic_load(&ctl_adds), 2);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(got.calls, 1);
+    assert_int_equal(got.events, IOLOOP_READ | IOLOOP_ERROR); /* the hang-up, with the new mask */
+    count_epoll_ctl(-1);
+    ioloop_free(loop);
+    close_fd(p[0]);
+    assert_int_equal(test_count_fds(), before);
+}
+
+static void read_stop_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    char byte;
+
+    assert_int_equal(events, IOLOOP_READ);
+    assert_int_equal(read(fd, &byte, 1), 1);
+    ++*(int *)arg;
+    ioloop_stop(loop);
+}
+
+/* Bad calls change nothing; a paused handler can be removed, and the fd registered again. */
+static void test_loop_pause_errors_and_remove(void **state)
+{
+    int before = test_count_fds();
+    ioloop_t *loop = ioloop_new();
+    int s[2], calls = 0;
+    ioloop_stats_t st;
+
+    (void)state;
+    assert_non_null(loop);
+    make_socketpair(s);
+    assert_int_equal(ioloop_pause_handler(NULL, s[0]), -EINVAL);
+    assert_int_equal(ioloop_resume_handler(NULL, s[0]), -EINVAL);
+    assert_int_equal(ioloop_pause_handler(loop, s[0]), -ENOENT);
+    assert_int_equal(ioloop_resume_handler(loop, s[0]), -ENOENT);
+    assert_int_equal(ioloop_pause_handler(loop, -1), -ENOENT);
+    assert_int_equal(ioloop_resume_handler(loop, 1 << 20), -ENOENT);
+
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, count_handler, &calls), 0);
+    assert_int_equal(ioloop_pause_handler(loop, s[0]), 0);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    assert_int_equal(ioloop_resume_handler(loop, s[0]), -ENOENT);
+    get_stats(loop, &st);
+    assert_int_equal(st.handlers, 0);
+    /* Registered again: not paused. */
+    assert_int_equal(ioloop_add_handler(loop, s[0], IOLOOP_READ, read_stop_handler, &calls), 0);
+    write_byte(s[1]);
+    assert_int_equal(ioloop_start(loop), 0);
+    assert_int_equal(calls, 1);
+    assert_int_equal(ioloop_remove_handler(loop, s[0]), 0);
+    ioloop_free(loop);
+    close_fd(s[0]);
+    close_fd(s[1]);
+    assert_int_equal(test_count_fds(), before);
+}
+
 struct orphan_ctx {
     int orphan_calls;
     int live[2];
@@ -1752,6 +1956,8 @@ static void test_loop_wrong_thread_eperm(void **state)
     assert_int_equal(ioloop_add_handler(loop, w.s[1], IOLOOP_WRITE, wrong_handler, &w), -EPERM);
     assert_int_equal(ioloop_update_handler(loop, w.s[0], IOLOOP_WRITE), -EPERM);
     assert_int_equal(ioloop_remove_handler(loop, w.s[0]), -EPERM);
+    assert_int_equal(ioloop_pause_handler(loop, w.s[0]), -EPERM);
+    assert_int_equal(ioloop_resume_handler(loop, w.s[0]), -EPERM);
     assert_int_equal(ioloop_run_after(loop, 0, count_cb, &w.timer_calls), -EPERM);
     assert_int_equal(ioloop_run_every(loop, 1, count_cb, &w.timer_calls), -EPERM);
     assert_int_equal(ioloop_cancel_timer(loop, w.timer), -EPERM);
@@ -2340,6 +2546,10 @@ int main(void)
         cmocka_unit_test(test_loop_readded_fd_skips_batch_event),
         cmocka_unit_test(test_loop_reused_fd_skips_batch_event),
         cmocka_unit_test(test_loop_remove_add_same_iteration),
+        cmocka_unit_test(test_loop_pause_resume_same_iteration),
+        cmocka_unit_test(test_loop_paused_handler_skips_batch_event),
+        cmocka_unit_test(test_loop_paused_across_wait),
+        cmocka_unit_test(test_loop_pause_errors_and_remove),
         cmocka_unit_test(test_loop_orphaned_registration_rebuilds),
         cmocka_unit_test(test_loop_add_adopts_orphaned_registration),
         cmocka_unit_test(test_loop_update_skips_excluded_batch_event),

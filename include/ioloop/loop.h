@@ -127,6 +127,28 @@ IOLOOP_EXPORT int ioloop_update_handler(ioloop_t *loop, int fd, int events);
  */
 IOLOOP_EXPORT int ioloop_remove_handler(ioloop_t *loop, int fd);
 
+/**
+ * Stops delivering fd's events to its handler, keeping the registration (fn, arg, mask):
+ * libev's ev_io_stop() on a watcher that will start again on the same fd. Events already
+ * collected in the current batch are not delivered while it is paused. The fd must stay open
+ * and name the same file until ioloop_resume_handler() or ioloop_remove_handler(); to close
+ * it, remove the handler first (that is what remove_handler is for).
+ *
+ * Pausing makes no system call, and neither does resuming a handler whose fd stayed quiet:
+ * the registration stays in the epoll set until an event finds the handler paused, which
+ * takes it out (one EPOLL_CTL_DEL, so a level-triggered event such as a hang-up cannot wake
+ * the loop again); the resume then adds it back (one EPOLL_CTL_ADD). ioloop_update_handler()
+ * works on a paused handler; the mask applies from the resume. Pausing a paused handler and
+ * resuming one that is not paused do nothing and return 0.
+ *
+ * Returns 0, -EINVAL (NULL loop), -ENOENT (fd not registered), -EPERM (wrong thread); resume
+ * can also fail with epoll_ctl's errno (the fd was closed: -EBADF), and the handler then
+ * stays paused. Loop thread.
+ */
+IOLOOP_EXPORT int ioloop_pause_handler(ioloop_t *loop, int fd);
+/** Delivers fd's events to its handler again; see ioloop_pause_handler(). Loop thread. */
+IOLOOP_EXPORT int ioloop_resume_handler(ioloop_t *loop, int fd);
+
 /* ---- Timers ----------------------------------------------------------------------------- */
 
 /**

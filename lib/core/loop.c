@@ -260,11 +260,31 @@ static struct ioloop_handler *handler_find(ioloop_t *loop, int fd)
     return h->fn != NULL && !(h->events & IOLOOP__HANDLER_INTERNAL) ? h : NULL;
 }
 
+/* Puts fd into the epoll set under the slot's next generation. Returns 0 or -errno. */
+static int epoll_add(ioloop_t *loop, int fd, uint32_t events)
+{
+    struct ioloop_handler *h = &loop->handlers[fd];
+    struct epoll_event ev = {.events = epoll_mask(events)};
+
+    ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
+    /* EEXIST for a slot we do not hold: the kernel still has this very file under this fd, an
+     * orphan (see the top of this file) that dup2() brought back. Adopt it: MOD gives it our
+     * events and the new generation. */
+    if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
+        (errno != EEXIST || epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
+        return -errno;
+    h->gen++;
+    h->state |= IOLOOP__IN_EPOLL;
+    loop->in_epoll++;
+    return 0;
+}
+
 int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_fn fn,
                         void *arg)
 {
     struct epoll_event ev;
     struct ioloop_handler *h;
+    int err;
 
     if (fd < 0)
         return -EBADF;
@@ -286,18 +306,9 @@ int ioloop__handler_add(ioloop_t *loop, int fd, uint32_t events, ioloop_handler_
             loop->in_epoll--;
         }
     }
-    if (!(h->state & IOLOOP__IN_EPOLL)) {
-        ev.data.u64 = (uint64_t)(h->gen + 1) << 32 | (uint32_t)fd;
-        /* EEXIST for a slot we do not hold: the kernel still has this very file under this
-         * fd, an orphan (see the top of this file) that dup2() brought back. Adopt it: MOD
-         * gives it our events and the new generation. */
-        if (epoll_ctl(loop->epfd, EPOLL_CTL_ADD, fd, &ev) < 0 &&
-            (errno != EEXIST || epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0))
-            return -errno;
-        h->gen++;
-        h->state |= IOLOOP__IN_EPOLL;
-        loop->in_epoll++;
-    }
+    if (!(h->state & IOLOOP__IN_EPOLL) && (err = epoll_add(loop, fd, events)) < 0)
+        return err;
+    h->state &= (uint16_t)~IOLOOP__PAUSED;
     h->fn = fn;
     h->arg = arg;
     h->events = (uint16_t)events;
@@ -314,6 +325,10 @@ int ioloop__handler_set(ioloop_t *loop, int fd, uint32_t events)
 
     if ((h->events & USER_EVENTS) == events)
         return 0;
+    if (!(h->state & IOLOOP__IN_EPOLL)) { /* paused, out of the set: resume adds this mask */
+        h->events = (uint16_t)(events | internal);
+        return 0;
+    }
     ev.events = epoll_mask(events);
     ev.data.u64 = (uint64_t)h->gen << 32 | (uint32_t)fd;
     if (epoll_ctl(loop->epfd, EPOLL_CTL_MOD, fd, &ev) < 0)
@@ -331,7 +346,7 @@ void ioloop__handler_del(ioloop_t *loop, int fd)
     h->fn = NULL;
     h->arg = NULL;
     h->events = 0;
-    h->state |= IOLOOP__REMOVED;
+    h->state = (uint16_t)((h->state | IOLOOP__REMOVED) & ~IOLOOP__PAUSED);
     if (!(h->state & IOLOOP__QUEUED)) {
         h->state |= IOLOOP__QUEUED;
         loop->changes[loop->nchanges++] = fd; /* changes_reserve() made room at the add */
@@ -437,6 +452,41 @@ int ioloop_remove_handler(ioloop_t *loop, int fd)
     return 0;
 }
 
+int ioloop_pause_handler(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h;
+    int err;
+
+    if (loop == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(loop)) < 0)
+        return err;
+    if ((h = handler_find(loop, fd)) == NULL)
+        return -ENOENT;
+    h->state |= IOLOOP__PAUSED; /* the registration stays until an event finds it paused */
+    return 0;
+}
+
+int ioloop_resume_handler(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h;
+    int err;
+
+    if (loop == NULL)
+        return -EINVAL;
+    if ((err = ioloop__check_thread(loop)) < 0)
+        return err;
+    if ((h = handler_find(loop, fd)) == NULL)
+        return -ENOENT;
+    if (!(h->state & IOLOOP__PAUSED))
+        return 0;
+    /* An event came while it was paused, and took the registration: a new generation. */
+    if (!(h->state & IOLOOP__IN_EPOLL) && (err = epoll_add(loop, fd, h->events)) < 0)
+        return err;
+    h->state &= (uint16_t)~IOLOOP__PAUSED;
+    return 0;
+}
+
 /* ---- Deferred work ---------------------------------------------------------------------- */
 
 void ioloop__defer(ioloop_t *loop, struct ioloop_deferred *node)
@@ -505,6 +555,14 @@ static void dispatch(ioloop_t *loop, int n)
             continue;
         if (h->fn == NULL || h->gen != gen) {
             loop->rebuild = true; /* no registration of ours: an orphan */
+            continue;
+        }
+        if (h->state & IOLOOP__PAUSED) {
+            /* Its fd has something to say: out of the set until the resume, so that a
+             * level-triggered event (a hang-up, whatever the mask) cannot wake us again. */
+            (void)epoll_ctl(loop->epfd, EPOLL_CTL_DEL, fd, NULL);
+            h->state &= (uint16_t)~IOLOOP__IN_EPOLL;
+            loop->in_epoll--;
             continue;
         }
         ready = ready_events(loop->events[i].events, h->events & USER_EVENTS);

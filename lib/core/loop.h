@@ -26,6 +26,7 @@ enum {
     IOLOOP__IN_EPOLL = 0x1, /* the epoll set has (some file, fd) with this slot's gen */
     IOLOOP__REMOVED = 0x2,  /* removed this iteration: events already collected are stale */
     IOLOOP__QUEUED = 0x4,   /* listed in loop->changes, for the flush before the next wait */
+    IOLOOP__PAUSED = 0x8,   /* ioloop_pause_handler(): registered, but no events delivered */
 };
 
 /* One slot of the handler table, indexed by fd. */
@@ -33,7 +34,7 @@ struct ioloop_handler {
     ioloop_handler_fn fn;   /* NULL while the fd is not registered */
     void *arg;
     uint16_t events;        /* IOLOOP_READ | IOLOOP_WRITE, plus IOLOOP__HANDLER_INTERNAL */
-    uint16_t state;         /* IOLOOP__IN_EPOLL | IOLOOP__REMOVED | IOLOOP__QUEUED */
+    uint16_t state;         /* IOLOOP__IN_EPOLL | _REMOVED | _QUEUED | _PAUSED */
     uint32_t gen;           /* bumped by every EPOLL_CTL_ADD; travels in epoll_data */
 };
 

@@ -23,9 +23,9 @@ import shutil
 import subprocess
 import sys
 
-IOLOOP_IMPLS = ("ioloop", "ioloop-core", "ioloop-reuseport")
+IOLOOP_IMPLS = ("ioloop", "ioloop-core", "ioloop-reuseport", "ioloop-pause")
 # The ioloop servers compared with the best peer in the summary lines and the chart.
-COMPARED_IMPLS = ("ioloop", "ioloop-reuseport")
+COMPARED_IMPLS = ("ioloop", "ioloop-reuseport", "ioloop-pause")
 REFERENCE_IMPL = "raw-epoll"
 # Suites whose bars are set against one peer: that peer is their reference.
 SUITE_REFERENCES = {"accept": "nginx", "http": "nginx"}

@@ -29,7 +29,8 @@ me=suite_dispatch.sh
 
 [[ -x $bin/dispatch_ioloop ]] || { echo "$me: $bin/dispatch_ioloop not built" >&2; exit 2; }
 impls=()
-for pair in ioloop:dispatch_ioloop raw-epoll:dispatch_epoll libevent:dispatch_event \
+for pair in ioloop:dispatch_ioloop ioloop-pause:dispatch_ioloop_pause raw-epoll:dispatch_epoll \
+            libevent:dispatch_event \
             libev:dispatch_ev libuv:dispatch_uv; do
     if [[ -x $bin/${pair#*:} ]]; then
         impls+=("$pair")
