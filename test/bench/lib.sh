@@ -17,6 +17,20 @@ stop() {
     wait "$1" 2>/dev/null || true
 }
 
+# stop_all PID...: SIGTERM to each, then SIGKILL for any still there after 5 s; reaps them.
+stop_all() {
+    local pid left
+    for pid in "$@"; do kill "$pid" 2>/dev/null || true; done
+    for _ in $(seq 50); do
+        left=0
+        for pid in "$@"; do alive "$pid" && left=1; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -KILL "$pid" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+
 # free_port: advances the caller's $port past ports something already listens on.
 free_port() {
     while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done

@@ -91,16 +91,7 @@ pids=()
 # after 5 s. nginx's worker is in the list too, in case its master died without it.
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
-    local pid left
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for _ in $(seq 50); do
-        left=0
-        for pid in "${pids[@]}"; do alive "$pid" && left=1; done
-        ((left)) || break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait 2>/dev/null || true
+    stop_all "${pids[@]}"
     rm -rf "$tmp"
 }
 trap cleanup EXIT
