@@ -21,6 +21,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1040,10 +1041,12 @@ static void test_loop_reused_fd_skips_batch_event(void **state)
 struct rearm_ctx {
     int s[2];
     int calls;
-    int rc;      /* the first failure of remove / add / write, or 0 */
+    int rc;      /* the first failure of the re-registration or the write, or 0 */
+    bool pause;  /* re-register with pause + resume instead of remove + add */
 };
 
-/* Reads its byte, removes and re-adds itself, and makes itself readable again. */
+/* Reads its byte, re-registers itself (remove + add, or pause + resume), and makes itself
+ * readable again. */
 static void rearm_handler(ioloop_t *loop, int fd, int events, void *arg)
 {
     struct rearm_ctx *c = arg;
@@ -1056,8 +1059,14 @@ static void rearm_handler(ioloop_t *loop, int fd, int events, void *arg)
         ioloop_stop(loop);
         return;
     }
-    if ((rc = ioloop_remove_handler(loop, fd)) != 0 ||
-        (rc = ioloop_add_handler(loop, fd, IOLOOP_READ, rearm_handler, c)) != 0)
+    if (c->pause)
+        rc = ioloop_pause_handler(loop, fd);
+    else
+        rc = ioloop_remove_handler(loop, fd);
+    if (rc == 0)
+        rc = c->pause ? ioloop_resume_handler(loop, fd)
+                      : ioloop_add_handler(loop, fd, IOLOOP_READ, rearm_handler, c);
+    if (rc != 0)
         c->rc = rc;
     else if (write(c->s[1], "x", 1) != 1)
         c->rc = -errno;
@@ -1111,39 +1120,20 @@ static void test_loop_remove_add_same_iteration(void **state)
 
 /* ---- Pausing a handler ------------------------------------------------------------------ */
 
-/* Reads its byte, pauses and resumes itself, and makes itself readable again. */
-static void repause_handler(ioloop_t *loop, int fd, int events, void *arg)
-{
-    struct rearm_ctx *c = arg;
-    char byte;
-    int rc;
-
-    assert_int_equal(events, IOLOOP_READ);
-    assert_int_equal(read(fd, &byte, 1), 1);
-    if (++c->calls == REARMS) {
-        ioloop_stop(loop);
-        return;
-    }
-    if ((rc = ioloop_pause_handler(loop, fd)) != 0 || (rc = ioloop_resume_handler(loop, fd)) != 0)
-        c->rc = rc;
-    else if (write(c->s[1], "x", 1) != 1)
-        c->rc = -errno;
-}
-
 /* A pause and a resume within one iteration (libev's stop + start): no system call at all,
  * and the handler goes on getting its events. */
 static void test_loop_pause_resume_same_iteration(void **state)
 {
     int before = test_count_fds();
     ioloop_t *loop = ioloop_new();
-    struct rearm_ctx c = {0};
+    struct rearm_ctx c = {.pause = true};
     ioloop_stats_t st;
 
     (void)state;
     assert_non_null(loop);
     make_socketpair(c.s);
     count_epoll_ctl(c.s[0]);
-    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, repause_handler, &c), 0);
+    assert_int_equal(ioloop_add_handler(loop, c.s[0], IOLOOP_READ, rearm_handler, &c), 0);
     assert_int_equal(ioloop_pause_handler(loop, c.s[0]), 0);
     assert_int_equal(ioloop_pause_handler(loop, c.s[0]), 0); /* paused already: nothing */
     assert_int_equal(ioloop_resume_handler(loop, c.s[0]), 0);
