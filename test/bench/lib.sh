@@ -35,3 +35,36 @@ stop_all() {
 free_port() {
     while (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do port=$((port + 1)); done
 }
+
+# nginx_conf DIR PORT MASTER KEEPALIVE: writes DIR/nginx.conf for a one-worker nginx that answers
+# every request on 127.0.0.1:PORT with 200 "Hello, World!" (text/plain, access log off),
+# everything it writes kept inside DIR. MASTER: master_process on or off; KEEPALIVE: the
+# keep-alive directive, e.g. "keepalive_timeout 0" (close after every reply).
+nginx_conf() {
+    cat >"$1/nginx.conf" <<EOF
+worker_processes 1;
+master_process $3;
+daemon off;
+pid $1/nginx.pid;
+error_log $1/error.log warn;
+events {
+    worker_connections 4096;
+}
+http {
+    access_log off;
+    $4;
+    default_type text/plain;
+    client_body_temp_path $1/body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+    server {
+        listen 127.0.0.1:$2 backlog=4096;
+        location / {
+            return 200 "Hello, World!";
+        }
+    }
+}
+EOF
+}

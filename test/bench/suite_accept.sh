@@ -113,37 +113,6 @@ server_argv() {
     esac
 }
 
-# nginx_conf DIR PORT: writes DIR/nginx.conf, everything nginx writes kept inside DIR.
-nginx_conf() {
-    cat >"$1/nginx.conf" <<EOF
-# Written by $me: one worker, HTTP/1.0-style close after every reply.
-worker_processes 1;
-daemon off;
-master_process on;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    keepalive_timeout 0;
-    default_type text/plain;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        location / {
-            return 200 "Hello, World!";
-        }
-    }
-}
-EOF
-}
-
 # start IMPL: starts its server pinned to CPU 0 on a free port and waits until it serves; sets
 # pid_IMPL (the process whose CPU time counts: nginx's worker) and port_IMPL (dashes become
 # underscores).
@@ -154,7 +123,7 @@ start() {
     if [[ $impl == nginx ]]; then
         dir=$tmp/nginx
         mkdir -p "$dir"
-        nginx_conf "$dir" "$port"
+        nginx_conf "$dir" "$port" on "keepalive_timeout 0"
         taskset -c 0 "${argv[0]}" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
             >"$out" 2>&1 &
     else

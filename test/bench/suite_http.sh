@@ -119,37 +119,6 @@ median() {
         END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
-# nginx_conf DIR PORT: writes DIR/nginx.conf, everything nginx writes kept inside DIR.
-nginx_conf() {
-    cat >"$1/nginx.conf" <<EOF
-# Written by $me: one process (the worker), kept-alive connections never closed by count.
-worker_processes 1;
-master_process off;
-daemon off;
-pid $1/nginx.pid;
-error_log $1/error.log warn;
-events {
-    worker_connections 4096;
-}
-http {
-    access_log off;
-    keepalive_requests 100000000;
-    default_type text/plain;
-    client_body_temp_path $1/body;
-    proxy_temp_path $1/proxy;
-    fastcgi_temp_path $1/fastcgi;
-    uwsgi_temp_path $1/uwsgi;
-    scgi_temp_path $1/scgi;
-    server {
-        listen 127.0.0.1:$2 backlog=4096;
-        location / {
-            return 200 "Hello, World!";
-        }
-    }
-}
-EOF
-}
-
 # start IMPL: starts the server pinned to CPU 0 on a free port and waits until it accepts
 # connections; sets spid (the process whose CPU time counts) and sport.
 start() {
@@ -162,7 +131,7 @@ start() {
     nginx)
         rm -rf "$dir"
         mkdir -p "$dir"
-        nginx_conf "$dir" "$port"
+        nginx_conf "$dir" "$port" off "keepalive_requests 100000000"
         taskset -c 0 "$nginx" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$out" 2>&1 &
         ;;
     evhttp)
