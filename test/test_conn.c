@@ -31,7 +31,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
 #include <time.h>
 #include <sys/epoll.h>
 #include <unistd.h>
@@ -1996,6 +1999,306 @@ static void test_conn_wrong_thread_eperm(void **state)
     env_close(&e);
 }
 
+/* ---- PITFALLS: SIGPIPE and the size of a read ------------------------------------------- */
+
+/*
+ * The library's read() and readv() calls land in __wrap_read and __wrap_readv too
+ * (test/meson.build links this test with --wrap): for the fd in probe_fd they note how many
+ * bytes each call asked for, and pass every call on.
+ */
+ssize_t __real_read(int fd, void *buf, size_t count);
+ssize_t __wrap_read(int fd, void *buf, size_t count);
+ssize_t __real_readv(int fd, const struct iovec *iov, int iovcnt);
+ssize_t __wrap_readv(int fd, const struct iovec *iov, int iovcnt);
+
+static atomic_int probe_fd = -1;
+static atomic_size_t probe_calls, probe_min_asked;
+
+static void probe_note(int fd, size_t asked)
+{
+    size_t min;
+
+    if (fd < 0 || fd != atomic_load(&probe_fd))
+        return;
+    atomic_fetch_add(&probe_calls, 1);
+    min = atomic_load(&probe_min_asked);
+    while (asked < min && !atomic_compare_exchange_weak(&probe_min_asked, &min, asked))
+        ;
+}
+
+ssize_t __wrap_read(int fd, void *buf, size_t count)
+{
+    probe_note(fd, count);
+    return __real_read(fd, buf, count);
+}
+
+ssize_t __wrap_readv(int fd, const struct iovec *iov, int iovcnt)
+{
+    size_t asked = 0;
+
+    for (int i = 0; i < iovcnt; i++)
+        asked += iov[i].iov_len;
+    probe_note(fd, asked);
+    return __real_readv(fd, iov, iovcnt);
+}
+
+static void probe_reset(int fd)
+{
+    atomic_store(&probe_calls, 0);
+    atomic_store(&probe_min_asked, SIZE_MAX);
+    atomic_store(&probe_fd, fd);
+}
+
+/* A non-blocking unix listener in a fresh directory; the address for ioloop_connect(). */
+struct unix_peer {
+    char dir[40];
+    char path[64];
+    char address[80];
+    int listener;
+};
+
+static void unix_peer_open(struct unix_peer *u)
+{
+    struct sockaddr_un sun = { .sun_family = AF_UNIX };
+
+    strcpy(u->dir, "/tmp/ioloop-conn-XXXXXX");
+    assert_non_null(mkdtemp(u->dir));
+    snprintf(u->path, sizeof u->path, "%s/peer.sock", u->dir);
+    snprintf(u->address, sizeof u->address, "unix:%s", u->path);
+    snprintf(sun.sun_path, sizeof sun.sun_path, "%s", u->path);
+    u->listener = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    assert_true(u->listener >= 0);
+    assert_int_equal(bind(u->listener, (struct sockaddr *)&sun, sizeof sun), 0);
+    assert_int_equal(listen(u->listener, 4), 0);
+}
+
+static void unix_peer_close(struct unix_peer *u)
+{
+    assert_int_equal(close(u->listener), 0);
+    assert_int_equal(unlink(u->path), 0);
+    assert_int_equal(rmdir(u->dir), 0);
+}
+
+/* Ends a loop whose connection never closed, so that a failure does not hang the binary. */
+static void guard_stop(ioloop_t *loop, void *arg)
+{
+    *(int *)arg = 1;
+    ioloop_stop(loop);
+}
+
+/* -- SIGPIPE: the library's sends must not raise it (MSG_NOSIGNAL), libuv joyent#1244 -- */
+
+struct sigpipe_ctx {
+    struct unix_peer u;
+    int peer;
+    bool use_writev;
+    int rc_write;
+    int closes, close_err;
+};
+
+/* Takes the peer's end, which refuses all input from now on, and writes to it: the send that
+ * follows fails with EPIPE, and raises SIGPIPE unless the library asked it not to. */
+static void sigpipe_on_open(ioloop_conn_t *conn)
+{
+    struct sigpipe_ctx *c = ioloop_conn_user(conn);
+    static char half[IOLOOP_CONN_WRITE_DIRECT];
+    struct iovec iov[2] = { { half, sizeof half }, { half, sizeof half } };
+
+    c->peer = accept4(c->u.listener, NULL, NULL, SOCK_CLOEXEC);
+    if (c->peer < 0 || shutdown(c->peer, SHUT_RD) != 0) {
+        c->rc_write = -1000;
+        ioloop_conn_close(conn);
+        return;
+    }
+    /* A small write is gathered and flushed after on_open (send); a large one goes to the
+     * kernel at once (sendmsg). */
+    c->rc_write = c->use_writev ? ioloop_conn_writev(conn, iov, 2)
+                                : ioloop_conn_write(conn, "ping", 4);
+}
+
+static size_t sigpipe_on_data(ioloop_conn_t *conn, const char *data, size_t len)
+{
+    (void)conn;
+    (void)data;
+    return len;
+}
+
+static void sigpipe_on_close(ioloop_conn_t *conn, int err)
+{
+    struct sigpipe_ctx *c = ioloop_conn_user(conn);
+
+    c->closes++;
+    c->close_err = err;
+    ioloop_stop(ioloop_conn_loop(conn));
+}
+
+static void test_conn_send_to_gone_peer_no_sigpipe(void **state)
+{
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = sigpipe_on_open, .on_data = sigpipe_on_data, .on_close = sigpipe_on_close,
+    };
+    int fds = test_count_fds();
+    struct sigaction dfl = { .sa_handler = SIG_DFL }, saved;
+    sigset_t pipe_set, saved_mask;
+
+    (void)state;
+    /* SIGPIPE at its default disposition, and deliverable in this thread (the loop's): a
+     * SIGPIPE raised by a send kills the test binary. */
+    sigemptyset(&pipe_set);
+    sigaddset(&pipe_set, SIGPIPE);
+    assert_int_equal(sigaction(SIGPIPE, &dfl, &saved), 0);
+    assert_int_equal(pthread_sigmask(SIG_UNBLOCK, &pipe_set, &saved_mask), 0);
+
+    for (int round = 0; round < 2; round++) {
+        ioloop_t *loop = ioloop_new();
+        struct sigpipe_ctx c = { .peer = -1, .use_writev = round == 1, .rc_write = 1 };
+        int guard = 0;
+        int64_t guard_id;
+
+        assert_non_null(loop);
+        unix_peer_open(&c.u);
+        assert_non_null(ioloop_connect(loop, c.u.address, &handlers, &c));
+        guard_id = ioloop_run_after(loop, WAIT_MS, guard_stop, &guard);
+        assert_true(guard_id > 0);
+        assert_int_equal(ioloop_start(loop), 0);
+        /* Still alive; the write was taken, its send failed with EPIPE and closed the
+         * connection. */
+        assert_int_equal(guard, 0);
+        if (c.rc_write != 0 && !(c.use_writev && c.rc_write == -EPIPE))
+            fail_msg("round %d: the write returned %d", round, c.rc_write);
+        assert_int_equal(c.closes, 1);
+        assert_int_equal(c.close_err, -EPIPE);
+        assert_int_equal(ioloop_cancel_timer(loop, guard_id), 0);
+        ioloop_free(loop);
+        assert_int_equal(close(c.peer), 0);
+        unix_peer_close(&c.u);
+    }
+    assert_int_equal(pthread_sigmask(SIG_SETMASK, &saved_mask, NULL), 0);
+    assert_int_equal(sigaction(SIGPIPE, &saved, NULL), 0);
+    assert_int_equal(test_count_fds(), fds);
+}
+
+/* -- Reads of at least 64 KiB (muduo's Buffer::readFd, not libevent's 4096 a call) -- */
+
+#define READ_TOTAL (2u * 1024 * 1024)
+#define READ_AT_LEAST (64u * 1024)
+
+struct readsize_ctx {
+    struct unix_peer u;
+    ioloop_t *loop;
+    int peer;
+    char *out;
+    size_t sent, received;
+    size_t keep;            /* on_data leaves this many bytes unconsumed each time */
+    int bad;
+    int closes, close_err;
+};
+
+/* The peer's end, driven by the same loop: writes the whole stream, then its EOF. */
+static void readsize_peer_writable(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct readsize_ctx *c = arg;
+
+    (void)events;
+    while (c->sent < READ_TOTAL) {
+        ssize_t n = write(fd, c->out + c->sent, READ_TOTAL - c->sent);
+
+        if (n < 0) {
+            if (errno != EAGAIN)
+                c->bad++;
+            if (errno == EAGAIN)
+                return;
+            break;
+        }
+        c->sent += (size_t)n;
+    }
+    ioloop_remove_handler(loop, fd);
+    if (shutdown(fd, SHUT_WR) != 0)
+        c->bad++;
+}
+
+static void readsize_on_open(ioloop_conn_t *conn)
+{
+    struct readsize_ctx *c = ioloop_conn_user(conn);
+
+    probe_reset(ioloop_conn_fd(conn));
+    c->peer = accept4(c->u.listener, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (c->peer < 0 ||
+        ioloop_add_handler(c->loop, c->peer, IOLOOP_WRITE, readsize_peer_writable, c) != 0) {
+        c->bad++;
+        ioloop_conn_close(conn);
+    }
+}
+
+static size_t readsize_on_data(ioloop_conn_t *conn, const char *data, size_t len)
+{
+    struct readsize_ctx *c = ioloop_conn_user(conn);
+    size_t take = len > c->keep ? len - c->keep : 0;
+
+    if (c->received + len > READ_TOTAL || !pattern_matches(data, c->received, len))
+        c->bad++;
+    if (c->received + len == READ_TOTAL)
+        take = len; /* the end of the stream: all of it */
+    c->received += take;
+    return take;
+}
+
+static void readsize_on_close(ioloop_conn_t *conn, int err)
+{
+    struct readsize_ctx *c = ioloop_conn_user(conn);
+
+    atomic_store(&probe_fd, -1);
+    c->closes++;
+    c->close_err = err;
+    ioloop_stop(ioloop_conn_loop(conn));
+}
+
+static void test_conn_reads_at_least_64k(void **state)
+{
+    static const ioloop_conn_handlers_t handlers = {
+        .on_open = readsize_on_open, .on_data = readsize_on_data,
+        .on_close = readsize_on_close,
+    };
+    int fds = test_count_fds();
+    char *out = pattern_new(READ_TOTAL);
+
+    (void)state;
+    /* Consuming everything (reads into a stack buffer), then keeping a little each time (reads
+     * into the input buffer's free space plus the extra buffer, one readv). */
+    for (int round = 0; round < 2; round++) {
+        struct readsize_ctx c = { .peer = -1, .out = out, .keep = round == 0 ? 0 : 100 };
+        int guard = 0;
+        int64_t guard_id;
+
+        c.loop = ioloop_new();
+        assert_non_null(c.loop);
+        unix_peer_open(&c.u);
+        assert_non_null(ioloop_connect(c.loop, c.u.address, &handlers, &c));
+        guard_id = ioloop_run_after(c.loop, WAIT_MS, guard_stop, &guard);
+        assert_true(guard_id > 0);
+        assert_int_equal(ioloop_start(c.loop), 0);
+        assert_int_equal(guard, 0);
+        assert_int_equal(c.bad, 0);
+        assert_int_equal(c.sent, READ_TOTAL);
+        assert_int_equal(c.received, READ_TOTAL);
+        assert_int_equal(c.closes, 1);
+        assert_int_equal(c.close_err, 0);
+        printf("%s: %zu reads for %u bytes, the smallest asking for %zu bytes\n",
+               round == 0 ? "consuming all" : "keeping 100 bytes", atomic_load(&probe_calls),
+               READ_TOTAL, atomic_load(&probe_min_asked));
+        assert_true(atomic_load(&probe_calls) > 0);
+        if (atomic_load(&probe_min_asked) < READ_AT_LEAST)
+            fail_msg("a read of the connection asked for %zu bytes, want at least %u",
+                     atomic_load(&probe_min_asked), READ_AT_LEAST);
+        assert_int_equal(ioloop_cancel_timer(c.loop, guard_id), 0);
+        ioloop_free(c.loop);
+        assert_int_equal(close(c.peer), 0);
+        unix_peer_close(&c.u);
+    }
+    free(out);
+    assert_int_equal(test_count_fds(), fds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2022,6 +2325,8 @@ int main(void)
         cmocka_unit_test(test_conn_null_arguments),
         cmocka_unit_test(test_conn_write_null_data),
         cmocka_unit_test(test_conn_wrong_thread_eperm),
+        cmocka_unit_test(test_conn_send_to_gone_peer_no_sigpipe),
+        cmocka_unit_test(test_conn_reads_at_least_64k),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
