@@ -38,11 +38,31 @@ int __wrap_timerfd_settime(int fd, int flags, const struct itimerspec *new_value
                            struct itimerspec *old_value);
 
 static atomic_int settime_calls;
+/* The last arming (a non-zero it_value) the library asked for, in microseconds, its flags,
+ * and the clock each timerfd was created with (timerfd_create is wrapped as well). */
+static _Atomic uint64_t armed_value_us;
+static atomic_int armed_flags = -1;
+static atomic_int created_clock = -1;
+
+int __real_timerfd_create(int clockid, int flags);
+int __wrap_timerfd_create(int clockid, int flags);
+
+int __wrap_timerfd_create(int clockid, int flags)
+{
+    atomic_store(&created_clock, clockid);
+    return __real_timerfd_create(clockid, flags);
+}
 
 int __wrap_timerfd_settime(int fd, int flags, const struct itimerspec *new_value,
                            struct itimerspec *old_value)
 {
     atomic_fetch_add(&settime_calls, 1);
+    if (new_value != NULL &&
+        (new_value->it_value.tv_sec != 0 || new_value->it_value.tv_nsec != 0)) {
+        atomic_store(&armed_value_us, (uint64_t)new_value->it_value.tv_sec * 1000000u +
+                                          (uint64_t)new_value->it_value.tv_nsec / 1000u);
+        atomic_store(&armed_flags, flags);
+    }
     return __real_timerfd_settime(fd, flags, new_value, old_value);
 }
 
@@ -1603,6 +1623,66 @@ static void test_timer_cancel_churn_does_not_rearm(void **state)
     ioloop_free(loop);
 }
 
+/*
+ * PITFALLS "Wall clock vs monotonic" (muduo #168, redis #633): deadlines are computed on
+ * CLOCK_MONOTONIC and the timerfd is armed on that same clock. A loop using the wall clock for
+ * both passes every other test here (nobody steps the clock during a test), so look at what
+ * the library asks the kernel for: a CLOCK_MONOTONIC timerfd, armed either relative to now or
+ * for an absolute time on the monotonic timeline that is the deadline.
+ */
+#define CLOCK_DELAY_MS 30
+
+static uint64_t monotonic_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
+static void test_timer_monotonic_clock_for_deadlines_and_arming(void **state)
+{
+    int fds = test_count_fds();
+    ioloop_t *loop;
+    uint64_t before, after, armed, fired_at;
+    int flags;
+
+    (void)state;
+    atomic_store(&created_clock, -1);
+    loop = ioloop_new();
+    assert_non_null(loop);
+    if (atomic_load(&created_clock) != CLOCK_MONOTONIC)
+        fail_msg("the loop's timerfd uses clock %d, not CLOCK_MONOTONIC (%d)",
+                 atomic_load(&created_clock), CLOCK_MONOTONIC);
+    /* ioloop_now_ms() is on the monotonic timeline too. */
+    assert_true(ioloop_now_ms(loop) <= monotonic_us() / 1000u + 1);
+    assert_true(ioloop_now_ms(loop) + 1000 >= monotonic_us() / 1000u);
+
+    atomic_store(&armed_flags, -1);
+    before = monotonic_us();
+    assert_true(ioloop_run_after(loop, CLOCK_DELAY_MS, stop_cb, NULL) > 0);
+    after = monotonic_us();
+    run_loop(loop);
+    fired_at = monotonic_us();
+    armed = atomic_load(&armed_value_us);
+    flags = atomic_load(&armed_flags);
+    assert_int_not_equal(flags, -1);
+    if (flags & TFD_TIMER_ABSTIME) {
+        /* Absolute: the deadline itself, on the monotonic clock (+1 us of rounding up). */
+        if (armed < before + CLOCK_DELAY_MS * 1000u || armed > after + CLOCK_DELAY_MS * 1000u + 1)
+            fail_msg("armed for %llu us, the deadline is in [%llu, %llu] on CLOCK_MONOTONIC",
+                     (unsigned long long)armed,
+                     (unsigned long long)(before + CLOCK_DELAY_MS * 1000u),
+                     (unsigned long long)(after + CLOCK_DELAY_MS * 1000u));
+    } else {
+        /* Relative: at most the delay. */
+        assert_true(armed <= CLOCK_DELAY_MS * 1000u);
+    }
+    assert_true(fired_at >= before + CLOCK_DELAY_MS * 1000u);
+    ioloop_free(loop);
+    assert_int_equal(test_count_fds(), fds);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1628,6 +1708,7 @@ int main(void)
         cmocka_unit_test(test_timer_stats),
         cmocka_unit_test(test_timer_wrong_thread),
         cmocka_unit_test(test_timer_cancel_churn_does_not_rearm),
+        cmocka_unit_test(test_timer_monotonic_clock_for_deadlines_and_arming),
     };
 
     return cmocka_run_group_tests(tests, NULL, NULL);
