@@ -333,6 +333,92 @@ static void test_log_line_format(void **state)
     scratch_close(&s);
 }
 
+/*
+ * PITFALLS "formatting the timestamp on every line": the date down to the second is cached per
+ * thread and only the microseconds are formatted each time. Each line's time must be the time
+ * of its own call, to the microsecond, also right after the wall clock's second changed: lines
+ * logged on both sides of two second boundaries, each stamped between the clock readings
+ * taken just before and just after its call. A cache kept past its second shows up as the
+ * old second with the new microseconds.
+ */
+#define STAMP_LINES 6
+
+static int64_t realtime_us(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void test_log_timestamp_crosses_seconds(void **state)
+{
+    static const char *pattern =
+        "^([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\\.([0-9]{6})Z "
+        "INFO  [0-9]+ test_log\\.c:[0-9]+ stamp ([0-9]+)$";
+    int64_t before[STAMP_LINES], after[STAMP_LINES];
+    char *text, *line, *save = NULL;
+    ioloop_log_options_t o = {0};
+    regmatch_t m[9];
+    regex_t re;
+    scratch_t s;
+    int found = 0;
+
+    (void)state;
+    scratch_open(&s);
+    assert_int_equal(regcomp(&re, pattern, REG_EXTENDED | REG_NEWLINE), 0);
+    o.path = s.path;
+    assert_int_equal(ioloop_log_open(&o), 0);
+    for (int i = 0; i < STAMP_LINES; i++) {
+        before[i] = realtime_us();
+        IOLOOP_LOG_INFO("stamp %d", i);
+        after[i] = realtime_us();
+        if (i % 2 == 1 && i + 1 < STAMP_LINES) {
+            /* The next line goes out in the next second (bounded: at most a second's wait). */
+            int64_t next = (after[i] / 1000000 + 1) * 1000000;
+            struct timespec ts = {0, 0};
+
+            while (realtime_us() < next) {
+                ts.tv_nsec = (long)((next - realtime_us()) * 1000 + 1000);
+                if (ts.tv_nsec > 999999999)
+                    ts.tv_nsec = 999999999;
+                nanosleep(&ts, NULL);
+            }
+        }
+    }
+    ioloop_log_close();
+    /* The boundaries were crossed: lines 1 and 2, and 3 and 4, are in different seconds. */
+    assert_true(before[2] / 1000000 > after[1] / 1000000);
+    assert_true(before[4] / 1000000 > after[3] / 1000000);
+
+    text = slurp(s.path, NULL);
+    for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
+        struct tm tm = {0};
+        int64_t stamp_us;
+        int i;
+
+        if (regexec(&re, line, 9, m, 0) != 0)
+            fail_msg("line does not match the format: \"%s\"", line);
+        tm.tm_year = match_int(line, &m[1]) - 1900;
+        tm.tm_mon = match_int(line, &m[2]) - 1;
+        tm.tm_mday = match_int(line, &m[3]);
+        tm.tm_hour = match_int(line, &m[4]);
+        tm.tm_min = match_int(line, &m[5]);
+        tm.tm_sec = match_int(line, &m[6]);
+        stamp_us = (int64_t)timegm(&tm) * 1000000 + match_int(line, &m[7]);
+        i = match_int(line, &m[8]);
+        assert_true(i >= 0 && i < STAMP_LINES);
+        if (stamp_us < before[i] || stamp_us > after[i])
+            fail_msg("line %d is stamped %lld us, its call ran from %lld to %lld", i,
+                     (long long)stamp_us, (long long)before[i], (long long)after[i]);
+        found++;
+    }
+    assert_int_equal(found, STAMP_LINES);
+    free(text);
+    regfree(&re);
+    scratch_close(&s);
+}
+
 /* A caller that reuses one buffer for different file names gets each line's own base name:
  * the names differ in length and in where their base name starts, so a name remembered by
  * its pointer shows up cut, shifted or with a NUL inside. */
@@ -959,6 +1045,7 @@ int main(int argc, char **argv)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_log_threads_every_line_once_in_order),
         cmocka_unit_test(test_log_line_format),
+        cmocka_unit_test(test_log_timestamp_crosses_seconds),
         cmocka_unit_test(test_log_file_name_from_reused_buffer),
         cmocka_unit_test(test_log_message_matches_printf),
         cmocka_unit_test(test_log_truncates_long_lines),
