@@ -1156,12 +1156,14 @@ enum {
     ERR_EBUSY = 0x2,
     ERR_CHANGED = 0x4,
     ERR_LOGGER = 0x8,
+    ERR_LOOP = 0x10,
 };
 
 /* Runs in a child of this process: the calls that must fail, and one that must not. */
 static int errors_main(void)
 {
     int w = 7, status = 0, fds[2];
+    ioloop_t *loop;
     pthread_t t;
 
     capture(&before);
@@ -1198,6 +1200,27 @@ static int errors_main(void)
     close(fds[1]);
     pthread_join(t, NULL);
     close(fds[0]);
+
+    /* Nor is a loop, made before the call and never run (its epoll set would be shared by
+     * every worker); once it is freed, the call works. */
+    loop = ioloop_new();
+    if (loop == NULL)
+        return 0x80;
+    w = 7;
+    capture(&before);
+    if (ioloop_prefork(1, NULL, &w) != -EBUSY || w != 7)
+        status |= ERR_LOOP;
+    if (compare_state() != 0)
+        status |= ERR_CHANGED;
+    ioloop_free(loop);
+    switch (ioloop_prefork(1, NULL, &w)) {
+    case 0:
+        exit(0); /* the worker */
+    case 1:
+        break;
+    default:
+        status |= ERR_LOOP;
+    }
     return status;
 }
 

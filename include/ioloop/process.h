@@ -93,7 +93,8 @@ typedef struct ioloop_prefork_options {
  *
  * Returns 0 in a worker, 1 in the supervisor at the end, or, before any fork, a negative
  * errno: -EINVAL (nworkers < 1 or NULL worker), -EBUSY (the process runs threads other than
- * the calling one and the logger's), -EAGAIN or -ENOMEM (the first fork failed; a later
+ * the calling one and the logger's, or has a loop that is not freed: an epoll set made before
+ * the fork would be shared by every worker), -EAGAIN or -ENOMEM (the first fork failed; a later
  * failing fork is retried like a crash), -EMFILE / -ENOMEM (the supervisor's loop could not
  * be set up), or the error of reading /proc/self/task (-ENOENT without /proc). On error no
  * process was created and nothing changed.

@@ -85,6 +85,12 @@ int ioloop__check_thread(const ioloop_t *loop)
 }
 
 static _Atomic uint32_t next_uid = 1;
+static atomic_uint live_loops; /* made and not yet freed, in this process */
+
+unsigned ioloop__live_loops(void)
+{
+    return atomic_load_explicit(&live_loops, memory_order_relaxed);
+}
 
 uint32_t ioloop__uid_reserve(unsigned n)
 {
@@ -109,6 +115,7 @@ ioloop_t *ioloop__new_with_uid(uint32_t uid)
     if (loop == NULL)
         return NULL;
     memset(loop, 0, sizeof *loop);
+    atomic_fetch_add_explicit(&live_loops, 1, memory_order_relaxed); /* ioloop_free() takes it */
     loop->uid = uid;
     loop->timers.tfd = -1;
     loop->cbq.efd = -1;
@@ -163,6 +170,7 @@ void ioloop_free(ioloop_t *loop)
     free(loop->handlers);
     free(loop->events);
     free(loop);
+    atomic_fetch_sub_explicit(&live_loops, 1, memory_order_relaxed);
 }
 
 void ioloop__own(ioloop_t *loop, struct ioloop_owned *node)

@@ -154,6 +154,8 @@ void ioloop__disown(struct ioloop_owned *node);
 /* Reserves n consecutive loop uids and returns the first (a pool's loops get consecutive
  * uids, so a connection id finds its loop in the pool by subtraction). Any thread. */
 uint32_t ioloop__uid_reserve(unsigned n);
+/* How many loops this process has made and not freed (any thread; ioloop_prefork() asks). */
+unsigned ioloop__live_loops(void);
 /* ioloop_new() with a reserved uid. */
 ioloop_t *ioloop__new_with_uid(uint32_t uid);
 

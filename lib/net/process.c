@@ -38,6 +38,7 @@
 #include <ioloop/log.h>
 #include <ioloop/loop.h>
 
+#include "core/loop.h"
 #include "core/strerror.h"
 #include "log/log.h"
 
@@ -677,6 +678,8 @@ int ioloop_prefork(int nworkers, const ioloop_prefork_options_t *options, int *w
 
     if (nworkers < 1 || worker == NULL)
         return -EINVAL;
+    if (ioloop__live_loops() > 0)
+        return -EBUSY; /* its epoll set would be every worker's */
     if ((rc = check_threads()) < 0)
         return rc;
     if ((rc = supervisor_new(&sup, nworkers, options)) < 0)
