@@ -6,7 +6,8 @@
  * timers. Each test closes what it opens and checks that the process's fd count is restored.
  * The binary is linked with -Wl,--wrap=epoll_ctl, so that a test can count the epoll_ctl()
  * calls the library makes for one fd: the documented cost of removing and re-adding a handler
- * within one iteration.
+ * within one iteration. One test runs the binary again in a child process, for a fresh heap
+ * (TABLE_GROWS_CHILD, see main()).
  */
 #include <ioloop.h>
 
@@ -18,6 +19,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -29,6 +31,7 @@
 #include <sys/eventfd.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "helpers.h"
@@ -1602,6 +1605,226 @@ static void test_loop_handler_changes_handlers(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
+/*
+ * The table grows inside a callback and a later event of the SAME batch still finds its own
+ * handler: dispatch() re-reads &loop->handlers[fd] for every event, since the growth moved the
+ * table (calloc of the new one, free of the old). In test_loop_handler_changes_handlers the
+ * handler after the growth is woken in a later batch, so a dispatch that cached the table
+ * pointer for a whole batch would pass that test.
+ *
+ * Sizes: with a handler on GROW_FD (5000) the table has 8192 slots (HANDLERS_MIN 64, doubled
+ * past the fd), 192 KiB of 24-byte slots; one on HIGH_FD (19500) makes it 32768 slots, so the
+ * first handler of the batch moves it. The old table must go back to the kernel when freed, so
+ * that a stale pointer into it faults even without ASan (which reports the use after free
+ * itself, whatever the sizes): with glibc's mmap threshold at 64 KiB and no top pad, a table
+ * that does not fit in the heap's top chunk is a mapping of its own, and free() unmaps it. Only
+ * a fresh heap gives that for sure -- a fork of this process inherits the large free chunks the
+ * earlier tests left, the old table comes from them and stays readable after the free -- so
+ * the test runs this binary again (TABLE_GROWS_CHILD, see main()) in a child process. That
+ * also keeps the mallopt() (which cannot be undone exactly: it stops the dynamic threshold)
+ * and any fd limit out of this process. The child reports what failed on a pipe and by its
+ * exit status; a signal that kills it reaches the parent.
+ */
+struct batch_grow_ctx;
+
+struct batch_grow_side {
+    struct batch_grow_ctx *ctx;
+    int idx;
+};
+
+struct batch_grow_ctx {
+    struct batch_grow_side side[2];
+    int rfd[2], wfd[2];     /* two pipes, both readable before the loop waits */
+    int idle[2];            /* a pipe never written: its read end goes under GROW_FD, HIGH_FD */
+    int calls;
+    int fd_seen[2];         /* by call order */
+    void *arg_seen[2];
+    int events_seen[2];
+    uint64_t iteration[2];  /* ioloop_get_stats().iterations at each call */
+    int rc_dup, rc_add;
+    int bad;
+};
+
+static void never_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    (void)loop;
+    (void)fd;
+    (void)events;
+    ((struct batch_grow_ctx *)arg)->bad++;
+}
+
+static void batch_grow_handler(ioloop_t *loop, int fd, int events, void *arg)
+{
+    struct batch_grow_ctx *g = ((struct batch_grow_side *)arg)->ctx;
+    ioloop_stats_t s;
+    char b;
+
+    if (g->calls >= 2) {
+        g->bad++;
+        return;
+    }
+    get_stats(loop, &s);
+    g->fd_seen[g->calls] = fd;
+    g->arg_seen[g->calls] = arg;
+    g->events_seen[g->calls] = events;
+    g->iteration[g->calls] = s.iterations;
+    if (read(fd, &b, 1) != 1)
+        g->bad++;
+    ioloop_remove_handler(loop, fd);
+    if (g->calls++ == 0) {
+        /* Whichever runs first moves the table under the other's pending event. */
+        g->rc_dup = dup2(g->idle[0], HIGH_FD);
+        g->rc_add = ioloop_add_handler(loop, HIGH_FD, IOLOOP_READ, never_handler, g);
+    } else {
+        ioloop_stop(loop);
+    }
+}
+
+/* argv[1] of this binary run as the child of test_loop_table_grows_within_batch. */
+#define TABLE_GROWS_CHILD "--table-grows-child"
+
+/* The child's body, first thing in a fresh process: NULL when the property held, else what
+ * failed. No cmocka here. */
+static const char *batch_grow_child(void)
+{
+    struct batch_grow_ctx g = { 0 };
+    struct rlimit rl;
+    ioloop_t *loop;
+    int before, first, second;
+
+    /* glibc only; ASan's allocator ignores both and quarantines the freed table instead. */
+    (void)mallopt(M_MMAP_THRESHOLD, 64 * 1024);
+    (void)mallopt(M_TOP_PAD, 0);
+    alarm(2 * TEST_WAIT_MS / 1000); /* a hang ends in SIGALRM, which the parent reports */
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return "getrlimit failed";
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return "setrlimit failed";
+    before = test_count_fds();
+    if ((loop = ioloop_new()) == NULL)
+        return "ioloop_new failed";
+    if (pipe2(g.idle, O_NONBLOCK | O_CLOEXEC) != 0 || dup2(g.idle[0], GROW_FD) != GROW_FD)
+        return "no idle pipe under GROW_FD";
+    /* The table: 8192 slots, a mapping of its own. */
+    if (ioloop_add_handler(loop, GROW_FD, IOLOOP_READ, never_handler, &g) != 0)
+        return "add on GROW_FD failed";
+    for (int i = 0; i < 2; i++) {
+        int p[2];
+
+        if (pipe2(p, O_NONBLOCK | O_CLOEXEC) != 0)
+            return "pipe2 failed";
+        g.rfd[i] = p[0];
+        g.wfd[i] = p[1];
+        g.side[i].ctx = &g;
+        g.side[i].idx = i;
+        if (ioloop_add_handler(loop, p[0], IOLOOP_READ, batch_grow_handler, &g.side[i]) != 0)
+            return "add on a pipe failed";
+    }
+    /* Both readable before the first wait: one epoll_wait returns both. */
+    for (int i = 0; i < 2; i++)
+        if (write(g.wfd[i], "x", 1) != 1)
+            return "write failed";
+    /* If the second handler never ran, this stops the loop instead of a hang. */
+    if (ioloop_run_after(loop, TEST_WAIT_MS, stop_cb, NULL) <= 0)
+        return "run_after failed";
+    if (ioloop_start(loop) != 0)
+        return "ioloop_start failed";
+
+    if (g.rc_dup != HIGH_FD || g.rc_add != 0)
+        return "the first handler could not register HIGH_FD (the growth)";
+    if (g.calls != 2)
+        return "the second handler of the batch did not run";
+    if (g.bad != 0)
+        return "a handler read nothing, ran too often, or never_handler ran";
+    if (g.iteration[0] != g.iteration[1])
+        return "the two handlers ran in different iterations, not in one batch";
+    first = g.arg_seen[0] == &g.side[0] ? 0 : g.arg_seen[0] == &g.side[1] ? 1 : -1;
+    if (first < 0)
+        return "the first handler got a wrong argument";
+    second = 1 - first;
+    if (g.fd_seen[0] != g.rfd[first])
+        return "the first handler got a wrong fd";
+    if (g.arg_seen[1] != &g.side[second])
+        return "the handler after the growth got a wrong argument";
+    if (g.fd_seen[1] != g.rfd[second])
+        return "the handler after the growth got a wrong fd";
+    if (g.events_seen[0] != IOLOOP_READ || g.events_seen[1] != IOLOOP_READ)
+        return "wrong events";
+    if (ioloop_remove_handler(loop, GROW_FD) != 0 || ioloop_remove_handler(loop, HIGH_FD) != 0)
+        return "removing the handlers on GROW_FD and HIGH_FD failed";
+    ioloop_free(loop);
+    close(GROW_FD);
+    close(HIGH_FD);
+    for (int i = 0; i < 2; i++) {
+        close(g.rfd[i]);
+        close(g.wfd[i]);
+        close(g.idle[i]);
+    }
+    if (test_count_fds() != before)
+        return "the child's fd count changed";
+    return NULL;
+}
+
+/* main() of the child: argv[2] is the fd of the pipe for the message. */
+static int batch_grow_child_main(const char *report_fd)
+{
+    const char *err = batch_grow_child();
+    int fd = atoi(report_fd);
+
+    if (err != NULL && write(fd, err, strlen(err)) < 0)
+        return 3;
+    close(fd);
+    return err == NULL ? 0 : 1;
+}
+
+static void test_loop_table_grows_within_batch(void **state)
+{
+    int before = test_count_fds();
+    char why[160] = "", arg[16];
+    struct rlimit rl;
+    int status = 0, pfd[2];
+    ssize_t n;
+    pid_t pid;
+
+    (void)state;
+    assert_int_equal(getrlimit(RLIMIT_NOFILE, &rl), 0);
+    if (rl.rlim_max <= HIGH_FD) {
+        print_message("skipped: fd %d is above the hard fd limit %ju\n", HIGH_FD,
+                      (uintmax_t)rl.rlim_max);
+        skip();
+    }
+    assert_false(fd_is_open(GROW_FD));
+    assert_false(fd_is_open(HIGH_FD));
+    assert_int_equal(pipe2(pfd, O_CLOEXEC), 0);
+    snprintf(arg, sizeof arg, "%d", pfd[1]);
+    fflush(NULL); /* nothing buffered twice */
+    pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char *argv[] = {(char *)"test_loop", (char *)TABLE_GROWS_CHILD, arg, NULL};
+
+        /* The write end goes across the exec; the read end closes at it. */
+        if (fcntl(pfd[1], F_SETFD, 0) != 0)
+            _exit(126);
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    close_fd(pfd[1]);
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    n = read(pfd[0], why, sizeof why - 1);
+    why[n > 0 ? n : 0] = '\0';
+    close_fd(pfd[0]);
+    if (WIFSIGNALED(status))
+        fail_msg("the child died of signal %d (%s): an event after the table grew in the "
+                 "same batch used the old table", WTERMSIG(status), strsignal(WTERMSIG(status)));
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+        fail_msg("table growth within one batch: %s (status 0x%x)", why[0] != '\0' ? why :
+                 "no message (the exec failed, or a sanitizer ended the child: see its report)",
+                 status);
+    assert_int_equal(test_count_fds(), before);
+}
+
 /* ---- Start and stop --------------------------------------------------------------------- */
 
 static void stop_handler(ioloop_t *loop, int fd, int events, void *arg)
@@ -2515,7 +2738,7 @@ static void test_loop_data(void **state)
     assert_int_equal(test_count_fds(), before);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_loop_new_free_restores_fds),
@@ -2544,6 +2767,7 @@ int main(void)
         cmocka_unit_test(test_loop_add_adopts_orphaned_registration),
         cmocka_unit_test(test_loop_update_skips_excluded_batch_event),
         cmocka_unit_test(test_loop_handler_changes_handlers),
+        cmocka_unit_test(test_loop_table_grows_within_batch),
         cmocka_unit_test(test_loop_stop_from_callback),
         cmocka_unit_test(test_loop_stop_before_start),
         cmocka_unit_test(test_loop_stop_idempotent),
@@ -2564,6 +2788,9 @@ int main(void)
     };
     struct rlimit rl;
 
+    /* Run again by test_loop_table_grows_within_batch, for a fresh heap. */
+    if (argc == 3 && strcmp(argv[1], TABLE_GROWS_CHILD) == 0)
+        return batch_grow_child_main(argv[2]);
     /* The many-fds and high-fd tests need the soft fd limit raised to the hard one. */
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
