@@ -254,6 +254,20 @@ static int match_int(const char *line, const regmatch_t *m)
     return atoi(line + m->rm_so);
 }
 
+/* The second a line is stamped with: its date and time are matches 1 to 6 of m. */
+static time_t match_time(const char *line, const regmatch_t *m)
+{
+    struct tm tm = {0};
+
+    tm.tm_year = match_int(line, &m[1]) - 1900;
+    tm.tm_mon = match_int(line, &m[2]) - 1;
+    tm.tm_mday = match_int(line, &m[3]);
+    tm.tm_hour = match_int(line, &m[4]);
+    tm.tm_min = match_int(line, &m[5]);
+    tm.tm_sec = match_int(line, &m[6]);
+    return timegm(&tm);
+}
+
 /* Every line matches the documented format; the thread id is the writer's gettid(); the
  * file is the base name and the line is the caller's; the time is now, in UTC. */
 static void test_log_line_format(void **state)
@@ -289,20 +303,13 @@ static void test_log_line_format(void **state)
 
     text = slurp(s.path, NULL);
     for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-        struct tm tm = {0};
         time_t when;
         const char *msg;
         char level[6];
 
         if (regexec(&re, line, 13, m, 0) != 0)
             fail_msg("line does not match the format: \"%s\"", line);
-        tm.tm_year = match_int(line, &m[1]) - 1900;
-        tm.tm_mon = match_int(line, &m[2]) - 1;
-        tm.tm_mday = match_int(line, &m[3]);
-        tm.tm_hour = match_int(line, &m[4]);
-        tm.tm_min = match_int(line, &m[5]);
-        tm.tm_sec = match_int(line, &m[6]);
-        when = timegm(&tm);
+        when = match_time(line, m);
         assert_true(when >= before && when <= after);
         snprintf(level, sizeof level, "%.*s", (int)(m[8].rm_eo - m[8].rm_so), line + m[8].rm_so);
         assert_int_equal(m[10].rm_eo - m[10].rm_so, (regoff_t)strlen("test_log.c"));
@@ -393,19 +400,12 @@ static void test_log_timestamp_crosses_seconds(void **state)
 
     text = slurp(s.path, NULL);
     for (line = strtok_r(text, "\n", &save); line != NULL; line = strtok_r(NULL, "\n", &save)) {
-        struct tm tm = {0};
         int64_t stamp_us;
         int i;
 
         if (regexec(&re, line, 9, m, 0) != 0)
             fail_msg("line does not match the format: \"%s\"", line);
-        tm.tm_year = match_int(line, &m[1]) - 1900;
-        tm.tm_mon = match_int(line, &m[2]) - 1;
-        tm.tm_mday = match_int(line, &m[3]);
-        tm.tm_hour = match_int(line, &m[4]);
-        tm.tm_min = match_int(line, &m[5]);
-        tm.tm_sec = match_int(line, &m[6]);
-        stamp_us = (int64_t)timegm(&tm) * 1000000 + match_int(line, &m[7]);
+        stamp_us = (int64_t)match_time(line, m) * 1000000 + match_int(line, &m[7]);
         i = match_int(line, &m[8]);
         assert_true(i >= 0 && i < STAMP_LINES);
         if (stamp_us < before[i] || stamp_us > after[i])

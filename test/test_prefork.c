@@ -1160,6 +1160,21 @@ enum {
 };
 
 /* Runs in a child of this process: the calls that must fail, and one that must not. */
+/* One worker that exits 0 at once: true once the supervisor returned 1. */
+static bool prefork_one_that_exits(void)
+{
+    int w;
+
+    switch (ioloop_prefork(1, NULL, &w)) {
+    case 0:
+        exit(0); /* the worker */
+    case 1:
+        return true;
+    default:
+        return false;
+    }
+}
+
 static int errors_main(void)
 {
     int w = 7, status = 0, fds[2];
@@ -1178,14 +1193,8 @@ static int errors_main(void)
     ioloop_log_close();
     if (ioloop_log_open(&(ioloop_log_options_t){.path = sc.log_path}) != 0)
         return 0x80;
-    switch (ioloop_prefork(1, NULL, &w)) {
-    case 0:
-        exit(0); /* the worker */
-    case 1:
-        break;
-    default:
+    if (!prefork_one_that_exits())
         status |= ERR_LOGGER;
-    }
     ioloop_log_close();
 
     /* Any other thread is not, and the refusal changes nothing. */
@@ -1213,14 +1222,8 @@ static int errors_main(void)
     if (compare_state() != 0)
         status |= ERR_CHANGED;
     ioloop_free(loop);
-    switch (ioloop_prefork(1, NULL, &w)) {
-    case 0:
-        exit(0); /* the worker */
-    case 1:
-        break;
-    default:
+    if (!prefork_one_that_exits())
         status |= ERR_LOOP;
-    }
     return status;
 }
 
