@@ -433,20 +433,9 @@ int ioloop_add_handler(ioloop_t *loop, int fd, int events, ioloop_handler_fn fn,
     return ioloop__handler_add(loop, fd, (uint32_t)events, fn, arg);
 }
 
-int ioloop_update_handler(ioloop_t *loop, int fd, int events)
-{
-    int err;
-
-    if (loop == NULL || !valid_events(events))
-        return -EINVAL;
-    if ((err = ioloop__check_thread(loop)) < 0)
-        return err;
-    if (handler_find(loop, fd) == NULL)
-        return -ENOENT;
-    return ioloop__handler_set(loop, fd, (uint32_t)events);
-}
-
-int ioloop_remove_handler(ioloop_t *loop, int fd)
+/* The checks of the entry points that act on a registered fd: 0 with *h set, -EINVAL (NULL
+ * loop), -EPERM (another thread while the loop runs) or -ENOENT (no handler for fd). */
+static int registered(ioloop_t *loop, int fd, struct ioloop_handler **h)
 {
     int err;
 
@@ -454,8 +443,30 @@ int ioloop_remove_handler(ioloop_t *loop, int fd)
         return -EINVAL;
     if ((err = ioloop__check_thread(loop)) < 0)
         return err;
-    if (handler_find(loop, fd) == NULL)
+    if ((*h = handler_find(loop, fd)) == NULL)
         return -ENOENT;
+    return 0;
+}
+
+int ioloop_update_handler(ioloop_t *loop, int fd, int events)
+{
+    struct ioloop_handler *h;
+    int err;
+
+    if (!valid_events(events))
+        return -EINVAL;
+    if ((err = registered(loop, fd, &h)) < 0)
+        return err;
+    return ioloop__handler_set(loop, fd, (uint32_t)events);
+}
+
+int ioloop_remove_handler(ioloop_t *loop, int fd)
+{
+    struct ioloop_handler *h;
+    int err;
+
+    if ((err = registered(loop, fd, &h)) < 0)
+        return err;
     ioloop__handler_del(loop, fd);
     return 0;
 }
@@ -465,12 +476,8 @@ int ioloop_pause_handler(ioloop_t *loop, int fd)
     struct ioloop_handler *h;
     int err;
 
-    if (loop == NULL)
-        return -EINVAL;
-    if ((err = ioloop__check_thread(loop)) < 0)
+    if ((err = registered(loop, fd, &h)) < 0)
         return err;
-    if ((h = handler_find(loop, fd)) == NULL)
-        return -ENOENT;
     h->state |= IOLOOP__PAUSED; /* the registration stays until an event finds it paused */
     return 0;
 }
@@ -480,12 +487,8 @@ int ioloop_resume_handler(ioloop_t *loop, int fd)
     struct ioloop_handler *h;
     int err;
 
-    if (loop == NULL)
-        return -EINVAL;
-    if ((err = ioloop__check_thread(loop)) < 0)
+    if ((err = registered(loop, fd, &h)) < 0)
         return err;
-    if ((h = handler_find(loop, fd)) == NULL)
-        return -ENOENT;
     if (!(h->state & IOLOOP__PAUSED))
         return 0;
     /* An event came while it was paused, and took the registration: a new generation. */
