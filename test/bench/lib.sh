@@ -68,3 +68,28 @@ http {
 }
 EOF
 }
+
+# median_fmt FORMAT VALUES...: the median of VALUES, printed with printf FORMAT when it is the
+# mean of the two middle values (an even count); median VALUES...: the same with %.2f.
+median_fmt() {
+    local fmt=$1
+    shift
+    printf '%s\n' "$@" | sort -g | awk -v fmt="$fmt\n" '{ v[NR] = $1 }
+        END { if (NR % 2) print v[(NR + 1) / 2]; else printf fmt, (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
+}
+
+median() {
+    median_fmt %.2f "$@"
+}
+
+# cpu_us PID: the CPU time (utime + stime) process PID has used, in microseconds, every thread
+# included. Fields are counted after the command name's ')': utime and stime are 14 and 15.
+cpu_us() {
+    local stat rest
+    read -r stat <"/proc/$1/stat"
+    rest=${stat##*) }
+    # shellcheck disable=SC2086  # split the fields
+    set -- $rest
+    : "${clk_tck:=$(getconf CLK_TCK)}"
+    echo $(( (${12} + ${13}) * 1000000 / clk_tck ))
+}

@@ -83,7 +83,6 @@ ab) command -v ab >/dev/null || { echo "$me: ab not installed (apt-get install a
 *) echo "$me: CLIENT must be accept_client or ab" >&2; exit 2 ;;
 esac
 [[ $(nproc) -ge 2 ]] || { echo "$me: needs 2 CPUs (servers on 0, client on 1)" >&2; exit 2; }
-clk_tck=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d)
 pids=()
@@ -156,23 +155,6 @@ start() {
     printf -v "pid_$var" %s "$cpu_pid"
     printf -v "port_$var" %s "$port"
     port=$((port + 1))
-}
-
-# cpu_us PID: the CPU time (utime + stime) process PID has used, in microseconds. Fields are
-# counted after the command name's ')': utime and stime are fields 14 and 15.
-cpu_us() {
-    local stat rest
-    read -r stat <"/proc/$1/stat"
-    rest=${stat##*) }
-    # shellcheck disable=SC2086  # split the fields
-    set -- $rest
-    echo $(( (${12} + ${13}) * 1000000 / clk_tck ))
-}
-
-# median VALUES...: the median (the mean of the two middle values for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 # measure PID PORT C: one run; sets rate (conn/s), us (server CPU us/conn), scpu and ccpu

@@ -86,7 +86,6 @@ command -v wrk >/dev/null || { echo "$me: wrk is not installed (apt-get install 
 [[ $(nproc) -ge 2 ]] || { echo "$me: needs 2 CPUs (server on 0, client on 1)" >&2; exit 2; }
 have_ab=0
 command -v ab >/dev/null && have_ab=1
-clk_tck=$(getconf CLK_TCK)
 
 tmp=$(mktemp -d)
 pids=()
@@ -101,23 +100,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-
-# cpu_us PID: the CPU time (utime + stime) process PID has used, in microseconds. Fields are
-# counted after the command name's ')': utime and stime are fields 14 and 15.
-cpu_us() {
-    local stat rest
-    read -r stat <"/proc/$1/stat"
-    rest=${stat##*) }
-    # shellcheck disable=SC2086  # split the fields
-    set -- $rest
-    echo $(( (${12} + ${13}) * 1000000 / clk_tck ))
-}
-
-# median VALUES...: the median (the mean of the two middle values for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
 
 # start IMPL: starts the server pinned to CPU 0 on a free port and waits until it accepts
 # connections; sets spid (the process whose CPU time counts) and sport.

@@ -77,11 +77,6 @@ rss_kb() {
     awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"
 }
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.0f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # measure IMPL: one run; sets `value` to the bytes per connection, or fails with a note.
 measure() {
     local impl=$1 out=$tmp/$1.server cout=$tmp/$1.client spid cpid before after
@@ -149,7 +144,7 @@ for impl in "${impls[@]}"; do
     if [[ -n ${values[$impl]:-} ]]; then
         # shellcheck disable=SC2086  # a space-separated list of numbers
         printf 'RESULT\tidle\t%s\tN=%s\tbytes/conn\t%s\tlower\n' "$impl" "$nconns" \
-               "$(median ${values[$impl]})"
+               "$(median_fmt %.0f ${values[$impl]})"
     fi
 done
 exit $status

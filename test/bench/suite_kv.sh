@@ -104,12 +104,6 @@ cpu_ticks() {
     sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
 }
 
-# median VALUES...: the median (the mean of the two middle values for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # measure IMPL P TEST N: one redis-benchmark run; sets rps, usreq and cpu_pct, or fails.
 measure() {
     local impl=$1 p=$2 t=$3 n=$4 var=${1//-/_} pid port before after t0 t1 out
@@ -182,7 +176,7 @@ for p in $pipelines; do
         for impl in "${impls[@]}"; do
             [[ -n ${rpss[$impl]:-} ]] || continue
             # shellcheck disable=SC2086  # the lists are space-separated numbers
-            m_rps=$(median ${rpss[$impl]}) m_us=$(median ${usreqs[$impl]}) m_cpu=$(median ${cpus[$impl]})
+            m_rps=$(median_fmt %.3f ${rpss[$impl]}) m_us=$(median_fmt %.3f ${usreqs[$impl]}) m_cpu=$(median_fmt %.3f ${cpus[$impl]})
             printf 'RESULT\tkv\t%s\tP=%s;t=%s\trequests/s\t%s\thigher\n' "$impl" "$p" "$t" "$m_rps"
             printf 'RESULT\tkv\t%s\tP=%s;t=%s\tus/request\t%s\tlower\n' "$impl" "$p" "$t" "$m_us"
             printf '    %-13s %12s requests/s  %8s us/request  server CPU %4s%%   (runs:%s)\n' \

@@ -100,12 +100,6 @@ start() {
     exit 1
 }
 
-# median VALUES...: the median (the mean of the two middle values for an even count).
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 impls=()
 for impl in $wanted; do
     server_argv "$impl"

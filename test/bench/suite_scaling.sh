@@ -47,11 +47,6 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM
 
 
-median() {
-    printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 }
-        END { if (NR % 2) print v[(NR + 1) / 2]; else printf "%.2f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
-}
-
 # One server per loop count, all started up front (an idle one sleeps in epoll_wait).
 declare -A pid_of port_of mibs
 loops=()
