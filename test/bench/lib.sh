@@ -93,3 +93,19 @@ cpu_us() {
     : "${clk_tck:=$(getconf CLK_TCK)}"
     echo $(( (${12} + ${13}) * 1000000 / clk_tck ))
 }
+
+# servers_scratch: sets tmp to a new temporary directory and pids to an empty list; at exit
+# (also on SIGINT and SIGTERM) every server whose pid the suite put in pids is stopped
+# (stop_all) and tmp is removed.
+servers_scratch() {
+    tmp=$(mktemp -d)
+    pids=()
+    trap servers_cleanup EXIT
+    trap 'exit 130' INT TERM
+}
+
+# shellcheck disable=SC2317  # run by the EXIT trap
+servers_cleanup() {
+    stop_all "${pids[@]}"
+    rm -rf "$tmp"
+}

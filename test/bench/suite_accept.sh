@@ -84,17 +84,7 @@ ab) command -v ab >/dev/null || { echo "$me: ab not installed (apt-get install a
 esac
 [[ $(nproc) -ge 2 ]] || { echo "$me: needs 2 CPUs (servers on 0, client on 1)" >&2; exit 2; }
 
-tmp=$(mktemp -d)
-pids=()
-# Stops every server this script started, by pid: SIGTERM, then SIGKILL for any still there
-# after 5 s. nginx's worker is in the list too, in case its master died without it.
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-    stop_all "${pids[@]}"
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+servers_scratch # tmp, pids, and the EXIT trap that stops the servers (lib.sh)
 
 
 # server_argv IMPL: sets argv to the server's command line (without the address), or for

@@ -87,18 +87,7 @@ command -v wrk >/dev/null || { echo "$me: wrk is not installed (apt-get install 
 have_ab=0
 command -v ab >/dev/null && have_ab=1
 
-tmp=$(mktemp -d)
-pids=()
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do
-        if alive "$pid"; then stop "$pid"; fi
-    done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+servers_scratch # tmp, pids, and the EXIT trap that stops the servers (lib.sh)
 
 
 # start IMPL: starts the server pinned to CPU 0 on a free port and waits until it accepts

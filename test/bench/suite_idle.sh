@@ -48,16 +48,7 @@ server_argv() {
     esac
 }
 
-tmp=$(mktemp -d)
-pids=()
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do alive "$pid" && stop "$pid"; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+servers_scratch # tmp, pids, and the EXIT trap that stops the servers (lib.sh)
 
 
 # wait_line FILE PATTERN PID TIMEOUT_S: waits until FILE has a line matching PATTERN;

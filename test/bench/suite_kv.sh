@@ -62,16 +62,7 @@ server_argv() {
     esac
 }
 
-tmp=$(mktemp -d)
-pids=()
-# Stops every server this script started, and removes its files.
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-    stop_all "${pids[@]}"
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+servers_scratch # tmp, pids, and the EXIT trap that stops the servers (lib.sh)
 
 
 # start IMPL: starts its server pinned to CPU 0 on a free port and waits until it answers

@@ -35,16 +35,7 @@ for bin in "$client" "$server"; do
     [[ -x $bin ]] || { echo "$me: $bin not built (ninja -C $build)" >&2; exit 2; }
 done
 
-tmp=$(mktemp -d)
-pids=()
-# Stops every server this script started, and removes its files.
-# shellcheck disable=SC2317  # run by the EXIT trap
-cleanup() {
-    stop_all "${pids[@]}"
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+servers_scratch # tmp, pids, and the EXIT trap that stops the servers (lib.sh)
 
 
 # One server per loop count, all started up front (an idle one sleeps in epoll_wait).
