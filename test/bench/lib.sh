@@ -1,4 +1,5 @@
-# lib.sh — what the suites that start servers share; sourced, not run.
+# lib.sh — what the suites share: stopping servers, ports, nginx's configuration, medians and
+# CPU times, and the KEY=value lines of the programs they run; sourced, not run.
 # shellcheck shell=bash
 
 # alive PID: the process exists and is not a zombie.
@@ -108,4 +109,16 @@ servers_scratch() {
 servers_cleanup() {
     stop_all "${pids[@]}"
     rm -rf "$tmp"
+}
+
+# value FILE KEY: the KEY=value fields of FILE's lines, one a line.
+value() {
+    awk -v k="$2" '{
+        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] }
+    }' "$1"
+}
+
+# median_in: the median of stdin's numbers (the upper middle one for an even count).
+median_in() {
+    sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int(NR / 2) + 1] }'
 }

@@ -15,6 +15,8 @@
 # Environment: REPEATS (3), NS ("100 1000 9000"), ROUNDS (100), WARMUP (10), ACTIVE (100),
 # WRITES (100), RUN_TIMEOUT (600 s per program run). Skipped peers are noted on stderr.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:?usage: suite_dispatch.sh BUILD_DIR}
 bin=$build/test/bench
@@ -45,16 +47,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-# value FILE KEY: the KEY=value fields of FILE's lines, one a line.
-value() {
-    awk -v k="$2" '{
-        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] }
-    }' "$1"
-}
-# median: the median of stdin's numbers (the upper middle one for an even count).
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int(NR / 2) + 1] }'
-}
 
 for n in $ns; do
     hard=$(ulimit -Hn)
@@ -81,7 +73,7 @@ for n in $ns; do
             name=${pair%%:*}
             [[ -s $tmp/$name.$n ]] || continue
             printf 'RESULT\tdispatch\t%s\tN=%s;phase=%s\tus\t%s\tlower\n' "$name" "$n" "$phase" \
-                "$(value "$tmp/$name.$n" "$key" | median)"
+                "$(value "$tmp/$name.$n" "$key" | median_in)"
         done
     done
 done

@@ -15,6 +15,8 @@
 # Environment: REPEATS (3), TIMERS (1000000), RUN_TIMEOUT (600 s per program run). Skipped
 # peers are noted on stderr.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:?usage: suite_timers.sh BUILD_DIR}
 bin=$build/test/bench
@@ -39,16 +41,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-# value FILE KEY: the KEY=value fields of FILE's lines, one a line.
-value() {
-    awk -v k="$2" '{
-        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] }
-    }' "$1"
-}
-# median: the median of stdin's numbers (the upper middle one for an even count).
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int(NR / 2) + 1] }'
-}
 
 for ((rep = 0; rep < reps; rep++)); do
     for ((j = 0; j < ${#impls[@]}; j++)); do
@@ -72,7 +64,7 @@ for op in schedule cancel fire memory; do
         name=${pair%%:*}
         [[ -s $tmp/$name ]] || continue
         printf 'RESULT\ttimers\t%s\top=%s\t%s\t%s\tlower\n' "$name" "$op" "$unit" \
-            "$(value "$tmp/$name" "$key" | median)"
+            "$(value "$tmp/$name" "$key" | median_in)"
     done
 done
 exit "$failed"

@@ -19,6 +19,8 @@
 # Environment: REPEATS (3), THREADS (4), ITEMS (1000000), ROUNDTRIPS (10000), RUN_TIMEOUT
 # (600 s per program run). libuv is skipped, with a note on stderr, when work_uv was not built.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:?usage: suite_work.sh BUILD_DIR}
 bin=$build/test/bench
@@ -43,16 +45,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-# value FILE KEY: the KEY=value fields of FILE's lines, one a line.
-value() {
-    awk -v k="$2" '{
-        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] }
-    }' "$1"
-}
-# median: the median of stdin's numbers (the upper middle one for an even count).
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int(NR / 2) + 1] }'
-}
 # spread: "min..max (n runs)" of stdin's numbers.
 spread() {
     sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) printf "%s..%s (%d runs)\n", v[1], v[NR], NR }'
@@ -81,7 +73,7 @@ report() {
     local file=$tmp/$1.$2
     [[ -s $file ]] || return 0
     printf 'RESULT\twork\t%s\t%s\t%s\t%s\t%s\n' "$1" "$4" "$5" \
-        "$(value "$file" "$3" | median)" "$6"
+        "$(value "$file" "$3" | median_in)" "$6"
     printf 'SPREAD\twork\t%s\t%s\t%s\t%s\n' "$1" "$4" "$5" "$(value "$file" "$3" | spread)"
 }
 for pair in "${impls[@]}"; do

@@ -19,6 +19,8 @@
 # Environment: REPEATS (3), PRODUCERS ("1 4"), CALLBACKS (2000000), LOOP_CPU (0),
 # PRODUCER_CPU (1), RUN_TIMEOUT (600 s per program run). Skipped peers are noted on stderr.
 set -euo pipefail
+# shellcheck source=lib.sh source-path=SCRIPTDIR
+source "$(dirname "$0")/lib.sh"
 
 build=${1:?usage: suite_xthread.sh BUILD_DIR}
 bin=$build/test/bench
@@ -45,16 +47,6 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 failed=0
 
-# value FILE KEY: the KEY=value fields of FILE's lines, one a line.
-value() {
-    awk -v k="$2" '{
-        for (i = 1; i <= NF; i++) { split($i, kv, "="); if (kv[1] == k) print kv[2] }
-    }' "$1"
-}
-# median: the median of stdin's numbers (the upper middle one for an even count).
-median() {
-    sort -g | awk '{ v[NR] = $1 } END { if (NR > 0) print v[int(NR / 2) + 1] }'
-}
 
 for p in $producers; do
     for ((rep = 0; rep < reps; rep++)); do
@@ -74,13 +66,13 @@ for p in $producers; do
         name=${pair%%:*}
         [[ -s $tmp/$name.$p ]] || continue
         printf 'RESULT\txthread\t%s\tproducers=%s\tcallbacks/s\t%s\thigher\n' "$name" "$p" \
-            "$(value "$tmp/$name.$p" callbacks_per_s | median)"
+            "$(value "$tmp/$name.$p" callbacks_per_s | median_in)"
     done
     for pair in "${impls[@]}"; do
         name=${pair%%:*}
         [[ -s $tmp/$name.$p ]] || continue
         printf 'RESULT\txthread\t%s\tproducers=%s\twakeups/callback\t%s\tlower\n' "$name" "$p" \
-            "$(value "$tmp/$name.$p" wakeups_per_callback | median)"
+            "$(value "$tmp/$name.$p" wakeups_per_callback | median_in)"
     done
 done
 exit "$failed"
